@@ -1,0 +1,400 @@
+//! The TOML configuration: its types, their defaults, and validation.
+//!
+//! One file configures everything. Every key has a default a mail admin can live with, so the
+//! shipped `mailwarden.toml` stays short. Unknown keys are errors (a typo must not silently fall
+//! back to a default), and every error names the file and line, plus what to write instead.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub server: ServerConfig,
+    #[serde(default)]
+    pub upstream: UpstreamConfig,
+    /// STARTTLS towards clients; absent means STARTTLS is not offered.
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+    #[serde(default)]
+    pub log: LogConfig,
+}
+
+/// `[server]`: the inbound SMTP listener and its limits.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Addresses to listen on (`host:port`; port 0 picks a free port).
+    pub listen: Vec<SocketAddr>,
+    /// Our name in the banner, the EHLO reply and the Received header.
+    pub hostname: String,
+    /// Largest message accepted, in bytes; advertised in `SIZE` (RFC 1870).
+    pub max_message_size: usize,
+    /// Most recipients per transaction; more get `452 4.5.3` (RFC 5321 §4.5.3.1.8).
+    pub max_recipients: usize,
+    /// Most concurrent client sessions; more get `421 4.7.0` at the greeting.
+    pub max_sessions: usize,
+    /// Most concurrent sessions from one client IP address.
+    pub max_sessions_per_ip: usize,
+    /// Longest command line accepted, CRLF included (RFC 5321 §4.5.3.1.4: 512).
+    /// MAIL and RCPT may be longer by the room their ESMTP parameters need (RFC 1870 §3,
+    /// RFC 3461 §5: up to 512 more octets).
+    pub max_command_line: usize,
+    /// Longest message text line, CRLF included (RFC 5321 §4.5.3.1.6: 1000).
+    pub max_text_line: usize,
+    /// Idle time allowed while waiting for a command (RFC 5321 §4.5.3.2.7: at least 5 minutes).
+    pub command_timeout_secs: u64,
+    /// Idle time allowed while receiving message data.
+    pub data_timeout_secs: u64,
+    /// What to do with a bare LF or bare CR (a line ending that is not CRLF).
+    pub bare_newline: BareNewline,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: vec![SocketAddr::from(([127, 0, 0, 1], 2525))],
+            hostname: "mx.example.test".to_string(),
+            max_message_size: 26_214_400,
+            max_recipients: 100,
+            max_sessions: 1000,
+            max_sessions_per_ip: 50,
+            max_command_line: 512,
+            max_text_line: 1000,
+            command_timeout_secs: 300,
+            data_timeout_secs: 300,
+            bare_newline: BareNewline::Reject,
+        }
+    }
+}
+
+/// Policy for bare LF / bare CR, as Postfix's `smtpd_forbid_bare_newline`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BareNewline {
+    /// Refuse with `550 5.5.2` and close the connection (the smuggling-safe default).
+    Reject,
+    /// Turn each bare LF / bare CR into CRLF and carry on.
+    Normalize,
+}
+
+/// `[upstream]`: where accepted mail goes.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpstreamConfig {
+    /// `maildir:DIR` (embedded delivery) or `smtp://host:port`.
+    pub url: String,
+    /// Pass the real client to the upstream with XCLIENT (Postfix).
+    pub xclient: Xclient,
+    /// Pass the real client with XFORWARD when XCLIENT is not used and the upstream offers it.
+    pub xforward: bool,
+    /// Use STARTTLS towards the upstream when it offers it (opportunistic, certificate not
+    /// verified: RFC 7435 semantics; the upstream is normally on the same host).
+    pub starttls: bool,
+    /// Name we give in EHLO to the upstream (default: `server.hostname`).
+    pub helo_name: Option<String>,
+    pub connect_timeout_secs: u64,
+    /// Time to wait for the upstream's reply to a command (RFC 5321 §4.5.3.2: 5 minutes).
+    pub command_timeout_secs: u64,
+    /// Time to wait for the upstream's reply after the message data (RFC 5321 §4.5.3.2.6: 10 minutes).
+    pub data_timeout_secs: u64,
+    /// Send the message with BDAT when the upstream offers CHUNKING (saves a round trip).
+    pub chunking: bool,
+}
+
+impl Default for UpstreamConfig {
+    fn default() -> Self {
+        UpstreamConfig {
+            url: "maildir:./mail".to_string(),
+            xclient: Xclient::Auto,
+            xforward: true,
+            starttls: false,
+            helo_name: None,
+            connect_timeout_secs: 30,
+            command_timeout_secs: 300,
+            data_timeout_secs: 600,
+            chunking: true,
+        }
+    }
+}
+
+/// When to use XCLIENT towards the upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Xclient {
+    /// Use it when the upstream advertises it.
+    Auto,
+    /// Require it: without it the transaction is tempfailed (misconfigured upstream).
+    Always,
+    /// Never use it.
+    Never,
+}
+
+/// `[tls]`: certificate for STARTTLS towards clients.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain.
+    pub cert: PathBuf,
+    /// PEM private key.
+    pub key: PathBuf,
+}
+
+/// `[log]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// tracing filter, e.g. `info` or `mailwarden=debug`; `RUST_LOG` overrides it.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: "info".to_string(),
+        }
+    }
+}
+
+/// Where accepted mail goes, parsed from `upstream.url`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UpstreamTarget {
+    Maildir(PathBuf),
+    Smtp(String),
+}
+
+/// A configuration error, worded for the admin who has to fix the file.
+#[derive(Debug)]
+pub struct ConfigError(String);
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl Config {
+    /// Reads and validates the file at `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigError(format!(
+                "cannot read config file {}: {e} (pass --config PATH, or run from the directory holding mailwarden.toml)",
+                path.display()
+            ))
+        })?;
+        Config::parse(&text, &path.display().to_string())
+    }
+
+    /// Parses and validates `text`; `origin` names the file in error messages.
+    pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| {
+            let place = match e.span() {
+                Some(span) => {
+                    let (line, col) = line_col(text, span.start);
+                    format!("{origin}:{line}:{col}")
+                }
+                None => origin.to_string(),
+            };
+            ConfigError(format!("{place}: {}", e.message()))
+        })?;
+        config.validate(origin)?;
+        Ok(config)
+    }
+
+    fn validate(&self, origin: &str) -> Result<(), ConfigError> {
+        let err = |key: &str, what: String| Err(ConfigError(format!("{origin}: {key}: {what}")));
+        let s = &self.server;
+        if s.listen.is_empty() {
+            return err(
+                "server.listen",
+                "needs at least one address, e.g. [\"127.0.0.1:2525\"]".into(),
+            );
+        }
+        if !is_valid_hostname(&s.hostname) {
+            return err(
+                "server.hostname",
+                format!(
+                    "{:?} is not a host name (letters, digits, '-' and '.', e.g. \"mx.example.org\")",
+                    s.hostname
+                ),
+            );
+        }
+        if s.max_message_size < 1024 {
+            return err(
+                "server.max_message_size",
+                "must be at least 1024 bytes".into(),
+            );
+        }
+        if s.max_recipients == 0 {
+            return err("server.max_recipients", "must be at least 1".into());
+        }
+        if s.max_sessions == 0 || s.max_sessions_per_ip == 0 {
+            return err(
+                "server.max_sessions / server.max_sessions_per_ip",
+                "must be at least 1".into(),
+            );
+        }
+        if s.max_command_line < 512 {
+            return err(
+                "server.max_command_line",
+                "must be at least 512 (RFC 5321 §4.5.3.1.4)".into(),
+            );
+        }
+        if s.max_text_line < 1000 {
+            return err(
+                "server.max_text_line",
+                "must be at least 1000 (RFC 5321 §4.5.3.1.6)".into(),
+            );
+        }
+        if s.command_timeout_secs == 0 || s.data_timeout_secs == 0 {
+            return err("server.*_timeout_secs", "must be at least 1 second".into());
+        }
+        let u = &self.upstream;
+        if u.connect_timeout_secs == 0 || u.command_timeout_secs == 0 || u.data_timeout_secs == 0 {
+            return err(
+                "upstream.*_timeout_secs",
+                "must be at least 1 second".into(),
+            );
+        }
+        if let Some(name) = &u.helo_name
+            && !is_valid_hostname(name)
+        {
+            return err("upstream.helo_name", format!("{name:?} is not a host name"));
+        }
+        self.upstream_target()
+            .map_err(|e| ConfigError(format!("{origin}: {e}")))?;
+        Ok(())
+    }
+
+    /// Parses `upstream.url`.
+    pub fn upstream_target(&self) -> Result<UpstreamTarget, ConfigError> {
+        parse_upstream_url(&self.upstream.url)
+    }
+
+    /// The name we use in EHLO towards the upstream.
+    pub fn upstream_helo(&self) -> &str {
+        self.upstream
+            .helo_name
+            .as_deref()
+            .unwrap_or(&self.server.hostname)
+    }
+}
+
+fn parse_upstream_url(url: &str) -> Result<UpstreamTarget, ConfigError> {
+    if let Some(dir) = url.strip_prefix("maildir:") {
+        if dir.is_empty() {
+            return Err(ConfigError(
+                "upstream.url: \"maildir:\" needs a directory, e.g. \"maildir:./mail\"".into(),
+            ));
+        }
+        return Ok(UpstreamTarget::Maildir(PathBuf::from(dir)));
+    }
+    if let Some(rest) = url.strip_prefix("smtp://") {
+        let hostport = rest.trim_end_matches('/');
+        let valid = match hostport.rsplit_once(':') {
+            Some((host, port)) => !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0),
+            None => false,
+        };
+        if !valid {
+            return Err(ConfigError(format!(
+                "upstream.url: {url:?} needs host and port, e.g. \"smtp://127.0.0.1:10025\""
+            )));
+        }
+        return Ok(UpstreamTarget::Smtp(hostport.to_string()));
+    }
+    Err(ConfigError(format!(
+        "upstream.url: {url:?} is not supported; use \"maildir:DIR\" or \"smtp://HOST:PORT\""
+    )))
+}
+
+/// A DNS host name (or an address literal), as allowed in EHLO and our banner.
+pub fn is_valid_hostname(name: &str) -> bool {
+    if name.starts_with('[') && name.ends_with(']') {
+        return name.len() > 2;
+    }
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
+}
+
+/// 1-based line and column of a byte offset.
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text.as_bytes()[..offset.min(text.len())];
+    let line = before.iter().filter(|&&b| b == b'\n').count() + 1;
+    let col = before.len()
+        - before
+            .iter()
+            .rposition(|&b| b == b'\n')
+            .map_or(0, |p| p + 1)
+        + 1;
+    (line, col)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shipped_config_is_valid() {
+        let text = include_str!("../mailwarden.toml");
+        let config = Config::parse(text, "mailwarden.toml").expect("shipped config parses");
+        assert_eq!(
+            config.upstream_target().expect("target"),
+            UpstreamTarget::Maildir(PathBuf::from("./mail"))
+        );
+    }
+
+    #[test]
+    fn empty_config_gets_defaults() {
+        let config = Config::parse("", "x.toml").expect("empty is fine");
+        assert_eq!(config.server.max_message_size, 26_214_400);
+        assert_eq!(config.server.bare_newline, BareNewline::Reject);
+    }
+
+    #[test]
+    fn unknown_key_names_key_file_and_line() {
+        let err = Config::parse("[server]\nhostname = \"a.b\"\nlisten_on = []\n", "m.toml")
+            .expect_err("unknown key");
+        let msg = err.to_string();
+        assert!(msg.starts_with("m.toml:3:"), "{msg}");
+        assert!(msg.contains("listen_on"), "{msg}");
+    }
+
+    #[test]
+    fn bad_upstream_url_says_what_works() {
+        let err = Config::parse("[upstream]\nurl = \"ftp://x\"\n", "m.toml").expect_err("bad url");
+        assert!(err.to_string().contains("smtp://HOST:PORT"), "{err}");
+        let err =
+            Config::parse("[upstream]\nurl = \"smtp://host\"\n", "m.toml").expect_err("no port");
+        assert!(err.to_string().contains("host and port"), "{err}");
+    }
+
+    #[test]
+    fn bad_enum_value_is_an_error() {
+        let err =
+            Config::parse("[server]\nbare_newline = \"allow\"\n", "m.toml").expect_err("enum");
+        assert!(err.to_string().starts_with("m.toml:2:"), "{err}");
+    }
+
+    #[test]
+    fn hostname_validation() {
+        assert!(is_valid_hostname("mx.example.test"));
+        assert!(is_valid_hostname("[192.0.2.1]"));
+        assert!(!is_valid_hostname("bad name"));
+        assert!(!is_valid_hostname("a..b"));
+        assert!(!is_valid_hostname("evil\r\nX-Injected: 1"));
+    }
+}

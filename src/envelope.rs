@@ -1,0 +1,58 @@
+//! The envelope: who connected, what they said in HELO, MAIL and RCPT — everything about a
+//! message that is not in the message itself. Every stage after the SMTP session (filter,
+//! relay, logs) reads it; none of them sees a socket.
+
+use std::net::SocketAddr;
+
+use crate::smtp::command::{MailFrom, RcptTo};
+
+/// The connected client, as the session knows it.
+#[derive(Debug, Clone)]
+pub struct ClientInfo {
+    /// The client's address and port.
+    pub addr: SocketAddr,
+    /// Our own address the client connected to.
+    pub local: SocketAddr,
+    /// The EHLO/HELO argument (validated printable word), once given.
+    pub helo: Option<String>,
+    /// Whether the client used EHLO (ESMTP) rather than HELO.
+    pub esmtp: bool,
+    /// TLS protocol version after STARTTLS, e.g. "TLSv1.3".
+    pub tls: Option<String>,
+}
+
+impl ClientInfo {
+    /// The address in SMTP address-literal form: `[192.0.2.1]` or `[IPv6:2001:db8::1]`.
+    pub fn address_literal(&self) -> String {
+        match self.addr.ip() {
+            std::net::IpAddr::V4(ip) => format!("[{ip}]"),
+            std::net::IpAddr::V6(ip) => match ip.to_ipv4_mapped() {
+                Some(v4) => format!("[{v4}]"),
+                None => format!("[IPv6:{ip}]"),
+            },
+        }
+    }
+
+    /// The protocol name for the Received header's `with` clause (RFC 3848, RFC 6531 §3.7.4).
+    pub fn protocol(&self, smtputf8: bool) -> &'static str {
+        match (smtputf8, self.esmtp, self.tls.is_some()) {
+            (true, _, true) => "UTF8SMTPS",
+            (true, _, false) => "UTF8SMTP",
+            (false, true, true) => "ESMTPS",
+            (false, true, false) => "ESMTP",
+            (false, false, true) => "SMTPS",
+            (false, false, false) => "SMTP",
+        }
+    }
+}
+
+/// One message's envelope, complete at end of data.
+#[derive(Debug, Clone)]
+pub struct Envelope {
+    /// Our id for this message, in logs and the Received header.
+    pub id: String,
+    pub client: ClientInfo,
+    pub mail_from: MailFrom,
+    /// Recipients the upstream accepted, in order.
+    pub recipients: Vec<RcptTo>,
+}

@@ -1,0 +1,217 @@
+//! Where accepted mail goes: the upstream MTA over SMTP, or the embedded Maildir.
+//!
+//! The proxy contract, as the session sees it through `RelaySession`:
+//! - MAIL and each RCPT are forwarded as they arrive; the upstream's reply is the client's
+//!   reply, so recipient validation stays the MTA's.
+//! - The message is sent only after the filter accepted it; the upstream's final reply is the
+//!   client's reply. The client gets 250 only when the upstream said 250 for that message.
+//! - Any failure talking to the upstream (refused, timeout, connection lost) becomes a 451
+//!   4.4.x and the upstream transaction is dropped; the next MAIL reconnects. An upstream 421
+//!   becomes a 451 (it closes the upstream connection, not the client's).
+
+pub mod maildir;
+pub mod received;
+pub mod tls;
+pub mod upstream;
+
+use std::sync::Arc;
+
+use crate::envelope::{ClientInfo, Envelope};
+use crate::smtp::command::{MailFrom, RcptTo};
+use crate::smtp::reply::{self, Reply};
+use maildir::Maildir;
+use upstream::{UpstreamConnection, UpstreamError, UpstreamSettings};
+
+/// The configured destination, shared by all sessions.
+#[derive(Debug)]
+pub enum Relay {
+    Maildir(Maildir),
+    Smtp(Arc<UpstreamSettings>),
+}
+
+impl Relay {
+    /// A short description for the start-up log.
+    pub fn describe(&self) -> String {
+        match self {
+            Relay::Maildir(m) => format!("maildir {}", m.root().display()),
+            Relay::Smtp(s) => format!("smtp://{}", s.address),
+        }
+    }
+}
+
+/// One client session's view of the relay: at most one upstream connection, reused for the
+/// session's transactions.
+pub struct RelaySession {
+    relay: Arc<Relay>,
+    conn: Option<UpstreamConnection>,
+    transaction_open: bool,
+}
+
+impl RelaySession {
+    pub fn new(relay: Arc<Relay>) -> RelaySession {
+        RelaySession {
+            relay,
+            conn: None,
+            transaction_open: false,
+        }
+    }
+
+    /// Whether the upstream still holds the transaction the session started. When this turns
+    /// false after an error, the session must forget its transaction too.
+    pub fn transaction_open(&self) -> bool {
+        self.transaction_open
+    }
+
+    /// Starts a transaction upstream. A 2xx reply means it is open.
+    pub async fn mail(&mut self, client: &ClientInfo, mail: &MailFrom) -> Reply {
+        let settings = match &*self.relay {
+            Relay::Maildir(_) => {
+                self.transaction_open = true;
+                return reply::sender_ok();
+            }
+            Relay::Smtp(settings) => settings.clone(),
+        };
+        let line = mail.to_line();
+        // A reused connection may have been closed by the upstream while idle: one retry on a
+        // fresh connection. Nothing was accepted yet, so retrying cannot duplicate anything.
+        let attempts = if self.conn.is_some() { 2 } else { 1 };
+        for attempt in 1..=attempts {
+            let conn = match self.conn.take() {
+                Some(conn) => conn,
+                None => match UpstreamConnection::open(settings.clone(), client).await {
+                    Ok(conn) => conn,
+                    Err(e) => return refusal_reply(&settings.address, e),
+                },
+            };
+            let mut conn = conn;
+            match conn.mail(client, &line).await {
+                Ok(r) => {
+                    self.conn = Some(conn);
+                    let r = self.absorb_421(r);
+                    self.transaction_open = r.is_positive();
+                    return r;
+                }
+                Err(e) if attempt < attempts => {
+                    tracing::debug!(error = %e, "reused upstream connection failed at MAIL; reconnecting");
+                }
+                Err(e) => {
+                    tracing::warn!(upstream = %settings.address, error = %e, "upstream failed at MAIL");
+                    return reply::upstream_lost();
+                }
+            }
+        }
+        reply::upstream_lost()
+    }
+
+    /// Adds a recipient upstream. A 2xx reply means the upstream accepted it.
+    pub async fn rcpt(&mut self, rcpt: &RcptTo) -> Reply {
+        if matches!(&*self.relay, Relay::Maildir(_)) {
+            return reply::recipient_ok();
+        }
+        let Some(conn) = self.conn.as_mut() else {
+            self.transaction_open = false;
+            return reply::upstream_lost();
+        };
+        match conn.command(&rcpt.to_line(), "RCPT").await {
+            Ok(r) => self.absorb_421(r),
+            Err(e) => self.lose(e, "RCPT"),
+        }
+    }
+
+    /// Delivers the message (filter headers already prepended). Ends the transaction.
+    pub async fn data(&mut self, envelope: &Envelope, message: Vec<u8>) -> Reply {
+        self.transaction_open = false;
+        match &*self.relay {
+            Relay::Maildir(_) => {
+                let relay = self.relay.clone();
+                let sender = envelope.mail_from.address.clone();
+                let delivered = tokio::task::spawn_blocking(move || match &*relay {
+                    Relay::Maildir(md) => md.deliver(&sender, &message),
+                    Relay::Smtp(_) => Err(std::io::Error::other("not a maildir")),
+                })
+                .await;
+                match delivered {
+                    Ok(Ok(file)) => {
+                        tracing::debug!(id = %envelope.id, file = %file, "written to maildir");
+                        reply::accepted(&envelope.id)
+                    }
+                    Ok(Err(e)) => {
+                        tracing::error!(id = %envelope.id, error = %e, "maildir delivery failed; client told to retry");
+                        reply::local_error()
+                    }
+                    Err(e) => {
+                        tracing::error!(id = %envelope.id, error = %e, "maildir delivery task failed");
+                        reply::local_error()
+                    }
+                }
+            }
+            Relay::Smtp(_) => {
+                let Some(conn) = self.conn.as_mut() else {
+                    return reply::upstream_lost();
+                };
+                match conn.send_message(&message).await {
+                    Ok(r) => self.absorb_421(r),
+                    Err(e) => {
+                        tracing::warn!(
+                            id = %envelope.id,
+                            "no final reply from upstream after sending the message; the client is told to retry (the upstream may have kept a copy)"
+                        );
+                        self.lose(e, "end of data")
+                    }
+                }
+            }
+        }
+    }
+
+    /// Aborts the transaction upstream (client RSET, EHLO, or a refused message).
+    pub async fn rset(&mut self) {
+        if !std::mem::take(&mut self.transaction_open) {
+            return;
+        }
+        if let Some(conn) = self.conn.as_mut()
+            && let Err(e) = conn.rset().await
+        {
+            tracing::debug!(error = %e, "upstream RSET failed; dropping the connection");
+            self.conn = None;
+        }
+    }
+
+    /// Closes the upstream connection politely.
+    pub async fn quit(&mut self) {
+        self.transaction_open = false;
+        if let Some(conn) = self.conn.take() {
+            conn.quit().await;
+        }
+    }
+
+    fn lose(&mut self, e: UpstreamError, stage: &str) -> Reply {
+        tracing::warn!(error = %e, stage, "upstream connection lost");
+        self.conn = None;
+        self.transaction_open = false;
+        reply::upstream_lost()
+    }
+
+    /// An upstream 421 closes the upstream connection; our client gets it as a 451.
+    fn absorb_421(&mut self, r: Reply) -> Reply {
+        if r.code() != 421 {
+            return r;
+        }
+        self.conn = None;
+        self.transaction_open = false;
+        Reply::from_lines(451, r.lines().to_vec())
+    }
+}
+
+/// The client's reply when no upstream session could be set up.
+fn refusal_reply(address: &str, e: UpstreamError) -> Reply {
+    match e {
+        UpstreamError::XclientMissing | UpstreamError::Refused("XCLIENT", _) => {
+            tracing::error!(upstream = %address, error = %e, "upstream misconfigured for this proxy");
+            reply::upstream_misconfigured()
+        }
+        e => {
+            tracing::warn!(upstream = %address, error = %e, "upstream unavailable");
+            reply::upstream_unavailable()
+        }
+    }
+}

@@ -1,0 +1,280 @@
+//! The server: listeners, session limits, and graceful shutdown.
+//!
+//! Each accepted connection either gets a session task, or — over `max_sessions` or
+//! `max_sessions_per_ip` — a `421 4.7.0` greeting and a close. On SIGTERM/SIGINT the listeners
+//! stop, idle sessions get `421 4.3.2`, sessions inside a transaction may finish it (up to the
+//! grace period), then the process exits. Nothing is ever acknowledged that was not relayed.
+
+pub mod tls;
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio_rustls::TlsAcceptor;
+
+use crate::config::{Config, UpstreamTarget};
+use crate::envelope::ClientInfo;
+use crate::filter::Filter;
+use crate::relay::Relay;
+use crate::relay::maildir::Maildir;
+use crate::relay::upstream::UpstreamSettings;
+use crate::smtp::reply;
+use crate::smtp::session::Session;
+
+/// How long sessions in a transaction may take to finish after a shutdown signal.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+
+/// Everything a session needs, built once at start-up and shared.
+pub struct Services {
+    pub config: Config,
+    pub relay: Arc<Relay>,
+    pub filter: Filter,
+    pub tls: Option<TlsAcceptor>,
+}
+
+impl Services {
+    /// Builds the services from a validated config; errors say what to fix.
+    pub fn new(config: Config) -> anyhow::Result<Services> {
+        let relay = match config.upstream_target()? {
+            UpstreamTarget::Maildir(dir) => Relay::Maildir(
+                Maildir::open(&dir, &config.server.hostname)
+                    .with_context(|| "upstream.url: the Maildir cannot be used")?,
+            ),
+            UpstreamTarget::Smtp(address) => {
+                let u = &config.upstream;
+                Relay::Smtp(Arc::new(UpstreamSettings {
+                    address,
+                    helo_name: config.upstream_helo().to_string(),
+                    xclient: u.xclient,
+                    xforward: u.xforward,
+                    starttls: u.starttls,
+                    chunking: u.chunking,
+                    connect_timeout: Duration::from_secs(u.connect_timeout_secs),
+                    command_timeout: Duration::from_secs(u.command_timeout_secs),
+                    data_timeout: Duration::from_secs(u.data_timeout_secs),
+                }))
+            }
+        };
+        let tls = config.tls.as_ref().map(tls::acceptor).transpose()?;
+        Ok(Services {
+            config,
+            relay: Arc::new(relay),
+            filter: Filter::new(),
+            tls,
+        })
+    }
+}
+
+/// Counts sessions, in total and per client address.
+struct Limits {
+    max_total: usize,
+    max_per_ip: usize,
+    state: Mutex<(usize, HashMap<IpAddr, usize>)>,
+}
+
+/// A counted session; dropping it frees the slot.
+struct Slot {
+    limits: Arc<Limits>,
+    ip: IpAddr,
+}
+
+impl Limits {
+    fn acquire(self: &Arc<Self>, ip: IpAddr) -> Result<Slot, &'static str> {
+        let mut guard = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let (total, per_ip) = &mut *guard;
+        if *total >= self.max_total {
+            return Err("total");
+        }
+        let n = per_ip.entry(ip).or_insert(0);
+        if *n >= self.max_per_ip {
+            return Err("per-ip");
+        }
+        *n += 1;
+        *total += 1;
+        Ok(Slot {
+            limits: self.clone(),
+            ip,
+        })
+    }
+
+    fn active(&self) -> usize {
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).0
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut guard = self.limits.state.lock().unwrap_or_else(|p| p.into_inner());
+        let (total, per_ip) = &mut *guard;
+        *total = total.saturating_sub(1);
+        if let Some(n) = per_ip.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                per_ip.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// Binds the listeners and serves until SIGTERM/SIGINT.
+pub async fn serve(config: Config) -> anyhow::Result<()> {
+    let services = Arc::new(Services::new(config)?);
+    let server = &services.config.server;
+    let mut listeners = Vec::new();
+    for addr in &server.listen {
+        let listener = TcpListener::bind(addr).await.with_context(|| {
+            format!("server.listen: cannot listen on {addr} (is another mail server using that port? choose another address in server.listen)")
+        })?;
+        let bound = listener.local_addr().context("listener address")?;
+        tracing::info!("listening on {bound}");
+        listeners.push(listener);
+    }
+    tracing::info!(
+        hostname = %server.hostname,
+        upstream = %services.relay.describe(),
+        starttls = services.tls.is_some(),
+        bare_newline = ?server.bare_newline,
+        "mailwarden {} ready",
+        env!("CARGO_PKG_VERSION")
+    );
+    let limits = Arc::new(Limits {
+        max_total: server.max_sessions,
+        max_per_ip: server.max_sessions_per_ip,
+        state: Mutex::new((0, HashMap::new())),
+    });
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let mut accept_tasks = Vec::new();
+    for listener in listeners {
+        let services = services.clone();
+        let limits = limits.clone();
+        let shutdown = shutdown_rx.clone();
+        accept_tasks.push(tokio::spawn(accept_loop(
+            listener, services, limits, shutdown,
+        )));
+    }
+    wait_for_signal().await;
+    tracing::info!(
+        active = limits.active(),
+        "shutting down: no new connections, finishing transactions in progress"
+    );
+    let _ = shutdown_tx.send(true);
+    for task in accept_tasks {
+        task.abort();
+    }
+    let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
+    while limits.active() > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let left = limits.active();
+    if left > 0 {
+        tracing::warn!(
+            sessions = left,
+            "grace period over; closing sessions still open (none was acknowledged)"
+        );
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
+            }
+            _ => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    services: Arc<Services>,
+    limits: Arc<Limits>,
+    shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                tracing::error!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let services = services.clone();
+        match limits.acquire(peer.ip()) {
+            Ok(slot) => {
+                let shutdown = shutdown.clone();
+                tokio::spawn(async move {
+                    run_session(stream, peer, services, shutdown).await;
+                    drop(slot);
+                });
+            }
+            Err(which) => {
+                tracing::warn!(client = %peer, limit = which, "session limit reached; refusing connection");
+                tokio::spawn(refuse(stream, services, which));
+            }
+        }
+    }
+}
+
+async fn run_session(
+    stream: TcpStream,
+    peer: SocketAddr,
+    services: Arc<Services>,
+    shutdown: watch::Receiver<bool>,
+) {
+    let local = stream.local_addr().unwrap_or(peer);
+    let client = ClientInfo {
+        addr: peer,
+        local,
+        helo: None,
+        esmtp: false,
+        tls: None,
+    };
+    tracing::debug!(client = %peer, "connect");
+    Session::new(Box::new(stream), client, services, shutdown)
+        .run()
+        .await;
+    tracing::debug!(client = %peer, "disconnect");
+}
+
+/// Greets an over-limit client with 421 and closes (RFC 5321 §3.1).
+async fn refuse(mut stream: TcpStream, services: Arc<Services>, which: &'static str) {
+    let hostname = &services.config.server.hostname;
+    let r = if which == "per-ip" {
+        reply::too_many_sessions_from_ip(hostname)
+    } else {
+        reply::too_many_sessions(hostname)
+    };
+    let mut out = Vec::new();
+    r.write_to(&mut out);
+    let _ = tokio::time::timeout(Duration::from_secs(10), async {
+        let _ = stream.write_all(&out).await;
+        let _ = stream.shutdown().await;
+    })
+    .await;
+}

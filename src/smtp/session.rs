@@ -1,0 +1,513 @@
+//! One client session: the SMTP state machine (RFC 5321 §4.1.4 ordering).
+//!
+//! greeting → EHLO/HELO → MAIL → RCPT* → DATA | BDAT* → (filter → relay) → MAIL … → QUIT
+//!
+//! The session owns the client's connection and a `RelaySession`. MAIL and RCPT go upstream as
+//! they arrive; the message goes to the filter and then upstream once complete; the client's
+//! reply at each step is the upstream's. Pipelined commands are read from the same buffer as
+//! message data, by this one state machine, so nothing the client sends can be parsed twice
+//! or out of step.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use super::command::{self, Command, MailFrom, RcptTo};
+use super::connection::{Connection, Io, ReadError};
+use super::data::{DataDecoder, Problem};
+use super::reply::{self, Reply};
+use crate::config::BareNewline;
+use crate::envelope::{ClientInfo, Envelope};
+use crate::filter::Action;
+use crate::relay::RelaySession;
+use crate::relay::received::{now_rfc5322, received_header};
+use crate::server::Services;
+
+/// After this many errors the session is closed (Postfix's `smtpd_hard_error_limit`).
+const MAX_ERRORS: u32 = 20;
+
+/// How long a client may take for the TLS handshake.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The transaction in progress after an accepted MAIL.
+struct Transaction {
+    mail: MailFrom,
+    recipients: Vec<RcptTo>,
+    /// RCPT commands seen (accepted or not), for the recipient limit.
+    rcpt_attempts: usize,
+}
+
+/// What the session does after a command.
+#[derive(PartialEq, Eq)]
+enum Next {
+    Continue,
+    Close,
+}
+
+pub struct Session {
+    conn: Connection,
+    services: Arc<Services>,
+    client: ClientInfo,
+    relay: RelaySession,
+    txn: Option<Transaction>,
+    /// The message being received by BDAT, between the first chunk and LAST.
+    bdat: Option<DataDecoder>,
+    errors: u32,
+    shutdown: watch::Receiver<bool>,
+}
+
+impl Session {
+    pub fn new(
+        stream: Box<dyn Io>,
+        client: ClientInfo,
+        services: Arc<Services>,
+        shutdown: watch::Receiver<bool>,
+    ) -> Session {
+        let relay = RelaySession::new(services.relay.clone());
+        Session {
+            conn: Connection::new(stream),
+            services,
+            client,
+            relay,
+            txn: None,
+            bdat: None,
+            errors: 0,
+            shutdown,
+        }
+    }
+
+    fn hostname(&self) -> &str {
+        &self.services.config.server.hostname
+    }
+
+    /// Runs the session to its end.
+    pub async fn run(mut self) {
+        let greeting = reply::greeting(self.hostname());
+        self.conn.reply(&greeting);
+        let command_timeout = Duration::from_secs(self.services.config.server.command_timeout_secs);
+        // MAIL and RCPT may be longer by the room their ESMTP parameters need (RFC 1870 §3,
+        // RFC 3461 §5); other commands are checked against the base limit below.
+        let base_limit = self.services.config.server.max_command_line;
+        let hard_limit = base_limit + 512;
+        loop {
+            let idle = self.txn.is_none() && self.bdat.is_none();
+            if idle && *self.shutdown.borrow() {
+                let r = reply::shutting_down(self.hostname());
+                self.conn.reply(&r);
+                break;
+            }
+            let read = if idle {
+                let mut shutdown = self.shutdown.clone();
+                tokio::select! {
+                    r = self.conn.read_line(hard_limit, command_timeout) => Some(r),
+                    _ = shutdown.changed() => None,
+                }
+            } else {
+                Some(self.conn.read_line(hard_limit, command_timeout).await)
+            };
+            let Some(read) = read else { continue };
+            let line = match read {
+                Ok(line) => line,
+                Err(e) => {
+                    self.read_failed(e, "command");
+                    break;
+                }
+            };
+            if let Some(kind) = line.bare
+                && self.services.config.server.bare_newline == BareNewline::Reject
+            {
+                tracing::info!(client = %self.client.addr, "bare {kind} in a command; closing");
+                self.conn.reply(&reply::bare_newline(kind));
+                break;
+            }
+            let result = if line.too_long {
+                Err(reply::line_too_long(hard_limit))
+            } else {
+                command::parse(&line.bytes).and_then(|cmd| {
+                    let long_allowed = matches!(cmd, Command::Mail(_) | Command::Rcpt(_));
+                    if !long_allowed && line.bytes.len() + 2 > base_limit {
+                        Err(reply::line_too_long(base_limit))
+                    } else {
+                        Ok(cmd)
+                    }
+                })
+            };
+            let next = match result {
+                Ok(cmd) => self.handle(cmd).await,
+                Err(r) => {
+                    self.error(&r);
+                    Next::Continue
+                }
+            };
+            if next == Next::Close || self.errors >= MAX_ERRORS {
+                if self.errors >= MAX_ERRORS {
+                    let r = Reply::new(
+                        421,
+                        "4.7.0",
+                        format!("{} Too many errors, closing connection", self.hostname()),
+                    );
+                    self.conn.reply(&r);
+                }
+                break;
+            }
+        }
+        let _ = self.conn.flush().await;
+        self.relay.quit().await;
+    }
+
+    /// Queues an error reply and counts it.
+    fn error(&mut self, r: &Reply) {
+        self.errors += 1;
+        self.conn.reply(r);
+    }
+
+    fn read_failed(&mut self, e: ReadError, stage: &str) {
+        match e {
+            ReadError::Timeout => {
+                tracing::info!(client = %self.client.addr, stage, "client timed out");
+                let r = reply::timeout(self.hostname());
+                self.conn.reply(&r);
+            }
+            ReadError::Closed => {
+                tracing::debug!(client = %self.client.addr, stage, "client closed the connection");
+            }
+            ReadError::Io(e) => {
+                tracing::debug!(client = %self.client.addr, stage, error = %e, "client connection error");
+            }
+        }
+    }
+
+    async fn handle(&mut self, cmd: Command) -> Next {
+        match cmd {
+            Command::Ehlo(name) => self.helo(name, true).await,
+            Command::Helo(name) => self.helo(name, false).await,
+            Command::Mail(mail) => self.mail(mail).await,
+            Command::Rcpt(rcpt) => self.rcpt(rcpt).await,
+            Command::Data => return self.data().await,
+            Command::Bdat { size, last } => return self.bdat(size, last).await,
+            Command::Rset => {
+                self.reset().await;
+                self.conn.reply(&reply::reset_ok());
+            }
+            Command::Noop => self.conn.reply(&reply::ok()),
+            Command::Vrfy => self.conn.reply(&reply::vrfy()),
+            Command::Help => self.conn.reply(&reply::help()),
+            Command::Expn => self.error(&reply::not_implemented("EXPN")),
+            Command::NotImplemented(verb) => self.error(&reply::not_implemented(&verb)),
+            Command::Quit => {
+                let r = reply::closing(self.hostname());
+                self.conn.reply(&r);
+                return Next::Close;
+            }
+            Command::StartTls => return self.starttls().await,
+        }
+        Next::Continue
+    }
+
+    /// Forgets the transaction here and upstream.
+    async fn reset(&mut self) {
+        self.txn = None;
+        self.bdat = None;
+        self.relay.rset().await;
+    }
+
+    async fn helo(&mut self, name: String, esmtp: bool) {
+        // RFC 5321 §4.1.4: EHLO/HELO in a session resets any transaction.
+        self.reset().await;
+        self.client.helo = Some(name.clone());
+        self.client.esmtp = esmtp;
+        let server = &self.services.config.server;
+        if !esmtp {
+            let r = reply::helo_ok(&server.hostname, &name);
+            self.conn.reply(&r);
+            return;
+        }
+        let mut lines = vec![
+            format!("{} greets {}", server.hostname, name),
+            "PIPELINING".to_string(),
+            format!("SIZE {}", server.max_message_size),
+            "8BITMIME".to_string(),
+            "SMTPUTF8".to_string(),
+            "ENHANCEDSTATUSCODES".to_string(),
+            "CHUNKING".to_string(),
+            "DSN".to_string(),
+        ];
+        if self.services.tls.is_some() && self.client.tls.is_none() {
+            lines.push("STARTTLS".to_string());
+        }
+        self.conn.reply(&Reply::from_lines(250, lines));
+    }
+
+    async fn mail(&mut self, mail: MailFrom) {
+        if self.client.helo.is_none() {
+            return self.error(&reply::bad_sequence("Send HELO/EHLO first"));
+        }
+        if self.txn.is_some() {
+            return self.error(&reply::bad_sequence("Nested MAIL command"));
+        }
+        let max = self.services.config.server.max_message_size;
+        if mail.params.size.is_some_and(|s| s > max as u64) {
+            return self.error(&reply::message_too_big(max));
+        }
+        if !mail.params.smtputf8 && !mail.address.is_ascii() {
+            return self.error(&non_ascii_address());
+        }
+        let r = self.relay.mail(&self.client, &mail).await;
+        if r.is_positive() {
+            self.txn = Some(Transaction {
+                mail,
+                recipients: Vec::new(),
+                rcpt_attempts: 0,
+            });
+        } else {
+            self.errors += 1;
+        }
+        self.conn.reply(&r);
+    }
+
+    async fn rcpt(&mut self, rcpt: RcptTo) {
+        let max = self.services.config.server.max_recipients;
+        let Some(txn) = self.txn.as_mut() else {
+            return self.error(&reply::bad_sequence("Need MAIL command"));
+        };
+        if self.bdat.is_some() {
+            return self.error(&reply::bad_sequence("RCPT not allowed during BDAT"));
+        }
+        if txn.rcpt_attempts >= max {
+            // Not counted as an error: RFC 5321 §4.5.3.1.10 expects clients to retry the rest.
+            self.conn.reply(&reply::too_many_recipients());
+            return;
+        }
+        if !txn.mail.params.smtputf8 && !rcpt.address.is_ascii() {
+            return self.error(&non_ascii_address());
+        }
+        txn.rcpt_attempts += 1;
+        let r = self.relay.rcpt(&rcpt).await;
+        if !self.relay.transaction_open() {
+            self.txn = None;
+        } else if r.is_positive()
+            && let Some(txn) = self.txn.as_mut()
+        {
+            txn.recipients.push(rcpt);
+        }
+        self.conn.reply(&r);
+    }
+
+    /// Checks that a message may be sent now; on refusal returns the reply.
+    fn ready_for_message(&self) -> Result<(), Reply> {
+        match &self.txn {
+            None => Err(reply::bad_sequence("Need MAIL command")),
+            Some(txn) if txn.recipients.is_empty() => Err(reply::no_valid_recipients()),
+            Some(_) => Ok(()),
+        }
+    }
+
+    async fn data(&mut self) -> Next {
+        if self.bdat.is_some() {
+            self.error(&reply::bad_sequence("DATA not allowed after BDAT"));
+            return Next::Continue;
+        }
+        if let Err(r) = self.ready_for_message() {
+            self.error(&r);
+            return Next::Continue;
+        }
+        let server = &self.services.config.server;
+        let mut decoder = DataDecoder::dot(
+            server.bare_newline,
+            server.max_message_size,
+            server.max_text_line,
+        );
+        let timeout = Duration::from_secs(server.data_timeout_secs);
+        self.conn.reply(&reply::start_data());
+        if let Err(e) = self.conn.read_data(&mut decoder, timeout).await {
+            self.read_failed(e, "DATA");
+            return Next::Close;
+        }
+        self.finish_message(decoder).await
+    }
+
+    async fn bdat(&mut self, size: u64, last: bool) -> Next {
+        let server = &self.services.config.server;
+        let timeout = Duration::from_secs(server.data_timeout_secs);
+        let max = server.max_message_size;
+        if size > max as u64 {
+            // Too big to read just to stay in step: refuse and close (RFC 3030 §2 lets us).
+            self.reset().await;
+            self.conn.reply(&reply::message_too_big(max));
+            return Next::Close;
+        }
+        if let Err(r) = self.ready_for_message() {
+            // The chunk follows the command whatever we answer: read and drop it.
+            if let Err(e) = self.conn.read_chunk(size, None, timeout).await {
+                self.read_failed(e, "BDAT");
+                return Next::Close;
+            }
+            self.error(&r);
+            return Next::Continue;
+        }
+        let decoder = self.bdat.get_or_insert_with(|| {
+            DataDecoder::chunks(
+                server.bare_newline,
+                server.max_message_size,
+                server.max_text_line,
+            )
+        });
+        if let Err(e) = self.conn.read_chunk(size, Some(decoder), timeout).await {
+            self.read_failed(e, "BDAT");
+            return Next::Close;
+        }
+        if decoder.over_size_limit() {
+            self.reset().await;
+            self.error(&reply::message_too_big(max));
+            return Next::Continue;
+        }
+        if !last {
+            self.conn.reply(&reply::chunk_ok(size as usize));
+            return Next::Continue;
+        }
+        match self.bdat.take() {
+            Some(decoder) => self.finish_message(decoder).await,
+            None => Next::Continue,
+        }
+    }
+
+    /// After the end of data: refuse a bad message, or filter and relay a good one.
+    async fn finish_message(&mut self, decoder: DataDecoder) -> Next {
+        let server = &self.services.config.server;
+        let (max_size, max_line) = (server.max_message_size, server.max_text_line);
+        let message = match decoder.finish() {
+            Ok(message) => message,
+            Err(problem) => {
+                self.reset().await;
+                let (r, next) = match problem {
+                    Problem::BareNewline(kind) => {
+                        tracing::info!(client = %self.client.addr, "bare {kind} in message data; refused, closing");
+                        (reply::bare_newline(kind), Next::Close)
+                    }
+                    Problem::TooBig => (reply::message_too_big(max_size), Next::Continue),
+                    Problem::LineTooLong => (reply::text_line_too_long(max_line), Next::Continue),
+                };
+                self.error(&r);
+                return next;
+            }
+        };
+        let Some(txn) = self.txn.take() else {
+            self.error(&reply::bad_sequence("Need MAIL command"));
+            return Next::Continue;
+        };
+        let envelope = Envelope {
+            id: new_queue_id(),
+            client: self.client.clone(),
+            mail_from: txn.mail,
+            recipients: txn.recipients,
+        };
+        let verdict = self.services.filter.check(&envelope, &message).await;
+        let r = match verdict.action {
+            Action::Accept => {
+                let received = received_header(
+                    &envelope,
+                    &self.services.config.server.hostname,
+                    &now_rfc5322(),
+                );
+                let extra: usize = verdict.add_headers.iter().map(|h| h.len() + 2).sum();
+                let mut full = Vec::with_capacity(received.len() + 2 + extra + message.len());
+                for header in std::iter::once(&received).chain(&verdict.add_headers) {
+                    full.extend_from_slice(header.as_bytes());
+                    full.extend_from_slice(b"\r\n");
+                }
+                full.extend_from_slice(&message);
+                self.relay.data(&envelope, full).await
+            }
+            Action::Reject(r) | Action::TempFail(r) => {
+                self.relay.rset().await;
+                r
+            }
+        };
+        tracing::info!(
+            id = %envelope.id,
+            client = %self.client.addr,
+            from = %envelope.mail_from.address,
+            rcpts = envelope.recipients.len(),
+            size = message.len(),
+            reply = %r,
+            "message {}",
+            if r.is_positive() { "relayed" } else { "refused" }
+        );
+        self.conn.reply(&r);
+        Next::Continue
+    }
+
+    async fn starttls(&mut self) -> Next {
+        let Some(acceptor) = self.services.tls.clone() else {
+            self.error(&reply::tls_unavailable());
+            return Next::Continue;
+        };
+        if self.client.tls.is_some() {
+            self.error(&reply::bad_sequence("TLS already active"));
+            return Next::Continue;
+        }
+        if self.txn.is_some() {
+            self.error(&reply::bad_sequence(
+                "STARTTLS not allowed during a mail transaction",
+            ));
+            return Next::Continue;
+        }
+        self.conn.reply(&reply::ready_tls());
+        if self.conn.flush().await.is_err() {
+            return Next::Close;
+        }
+        // CVE-2011-0411: anything pipelined after STARTTLS was sent in the clear and must not
+        // be executed inside the TLS session.
+        let dropped = self.conn.discard_buffered_input();
+        if dropped > 0 {
+            tracing::warn!(client = %self.client.addr, bytes = dropped, "discarded input pipelined after STARTTLS");
+        }
+        let handshake = self.conn.upgrade(|plain| async move {
+            let tls = acceptor.accept(plain).await?;
+            let version = match tls.get_ref().1.protocol_version() {
+                Some(v) => format!("{v:?}").replace("TLSv1_", "TLSv1."),
+                None => "TLS".to_string(),
+            };
+            Ok((Box::new(tls) as Box<dyn Io>, version))
+        });
+        match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, handshake).await {
+            Ok(Ok(version)) => {
+                // RFC 3207 §4.2: forget everything learnt before the handshake.
+                self.reset().await;
+                self.client.helo = None;
+                self.client.esmtp = false;
+                self.client.tls = Some(version);
+                Next::Continue
+            }
+            Ok(Err(e)) => {
+                tracing::info!(client = %self.client.addr, error = %e, "TLS handshake failed");
+                Next::Close
+            }
+            Err(_) => {
+                tracing::info!(client = %self.client.addr, "TLS handshake timed out");
+                Next::Close
+            }
+        }
+    }
+}
+
+fn non_ascii_address() -> Reply {
+    Reply::new(
+        553,
+        "5.6.7",
+        "Address contains non-ASCII characters; use the SMTPUTF8 parameter (RFC 6531)",
+    )
+}
+
+/// A short unique id for one message: microseconds since the epoch and a counter, in hex.
+fn new_queue_id() -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let micros = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or_default();
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    format!("{:011X}{:05X}", micros & 0xFFF_FFFF_FFFF, n & 0xF_FFFF)
+}
