@@ -57,7 +57,6 @@ fn serve(path: &std::path::Path) -> ExitCode {
     match runtime.block_on(mailwarden::server::serve(config)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!("{e:#}");
             eprintln!("mailwarden: {e:#}");
             ExitCode::FAILURE
         }

@@ -128,7 +128,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let server = &services.config.server;
     let mut listeners = Vec::new();
     for addr in &server.listen {
-        let listener = TcpListener::bind(addr).await.with_context(|| {
+        let listener = bind(*addr).with_context(|| {
             format!("server.listen: cannot listen on {addr} (is another mail server using that port? choose another address in server.listen)")
         })?;
         let bound = listener.local_addr().context("listener address")?;
@@ -143,6 +143,9 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         "mailwarden {} ready",
         env!("CARGO_PKG_VERSION")
     );
+    if let Relay::Smtp(settings) = &*services.relay {
+        tokio::spawn(probe_upstream(settings.clone()));
+    }
     let limits = Arc::new(Limits {
         max_total: server.max_sessions,
         max_per_ip: server.max_sessions_per_ip,
@@ -180,6 +183,40 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Tells the admin at start-up if the upstream cannot be reached (not fatal: the MTA may
+/// start later; until then clients get 451 and retry).
+async fn probe_upstream(settings: Arc<UpstreamSettings>) {
+    match tokio::time::timeout(
+        settings.connect_timeout,
+        TcpStream::connect(&settings.address),
+    )
+    .await
+    {
+        Ok(Ok(_)) => tracing::info!(upstream = %settings.address, "upstream reachable"),
+        Ok(Err(e)) => {
+            tracing::warn!(upstream = %settings.address, error = %e, "upstream not reachable now; clients get 451 4.4.1 until it is")
+        }
+        Err(_) => {
+            tracing::warn!(upstream = %settings.address, "upstream connect timed out; clients get 451 4.4.1 until it answers")
+        }
+    }
+}
+
+/// Binds one listener. IPv6 sockets are IPv6-only, so `"0.0.0.0:25"` and `"[::]:25"` can be
+/// listed together (the usual dual-stack setup) without colliding.
+fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    TcpListener::from_std(socket.into())
 }
 
 async fn wait_for_signal() {
