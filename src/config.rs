@@ -105,6 +105,10 @@ pub struct UpstreamConfig {
     pub data_timeout_secs: u64,
     /// Send the message with BDAT when the upstream offers CHUNKING (saves a round trip).
     pub chunking: bool,
+    /// Idle upstream connections kept for reuse by later sessions (0: none).
+    pub pool_size: usize,
+    /// How long an idle upstream connection is kept.
+    pub pool_idle_secs: u64,
 }
 
 impl Default for UpstreamConfig {
@@ -119,6 +123,8 @@ impl Default for UpstreamConfig {
             command_timeout_secs: 300,
             data_timeout_secs: 600,
             chunking: true,
+            pool_size: 16,
+            pool_idle_secs: 10,
         }
     }
 }

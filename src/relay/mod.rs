@@ -14,7 +14,8 @@ pub mod received;
 pub mod tls;
 pub mod upstream;
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use crate::envelope::{ClientInfo, Envelope};
 use crate::smtp::command::{MailFrom, RcptTo};
@@ -23,10 +24,9 @@ use maildir::Maildir;
 use upstream::{UpstreamConnection, UpstreamError, UpstreamSettings};
 
 /// The configured destination, shared by all sessions.
-#[derive(Debug)]
 pub enum Relay {
     Maildir(Maildir),
-    Smtp(Arc<UpstreamSettings>),
+    Smtp(SmtpRelay),
 }
 
 impl Relay {
@@ -34,8 +34,53 @@ impl Relay {
     pub fn describe(&self) -> String {
         match self {
             Relay::Maildir(m) => format!("maildir {}", m.root().display()),
-            Relay::Smtp(s) => format!("smtp://{}", s.address),
+            Relay::Smtp(s) => format!("smtp://{}", s.settings.address),
         }
+    }
+}
+
+/// The upstream MTA and a small pool of idle connections to it.
+///
+/// A client session that ends leaves its upstream connection here (outside any transaction);
+/// the next session takes it instead of connecting, greeting and saying EHLO again, and
+/// re-sends XCLIENT for its own client. Idle connections older than `pool_idle` are closed.
+pub struct SmtpRelay {
+    pub settings: Arc<UpstreamSettings>,
+    pool: Mutex<Vec<(UpstreamConnection, Instant)>>,
+    pool_size: usize,
+    pool_idle: Duration,
+}
+
+impl SmtpRelay {
+    pub fn new(
+        settings: Arc<UpstreamSettings>,
+        pool_size: usize,
+        pool_idle: Duration,
+    ) -> SmtpRelay {
+        SmtpRelay {
+            settings,
+            pool: Mutex::new(Vec::new()),
+            pool_size,
+            pool_idle,
+        }
+    }
+
+    /// The most recently parked connection that is still fresh.
+    fn take_idle(&self) -> Option<UpstreamConnection> {
+        let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        pool.retain(|(_, since)| now.duration_since(*since) < self.pool_idle);
+        pool.pop().map(|(conn, _)| conn)
+    }
+
+    /// Parks a connection that is outside any transaction; false when the pool is full.
+    fn park(&self, conn: UpstreamConnection) -> Result<(), UpstreamConnection> {
+        let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
+        if pool.len() >= self.pool_size {
+            return Err(conn);
+        }
+        pool.push((conn, Instant::now()));
+        Ok(())
     }
 }
 
@@ -64,38 +109,44 @@ impl RelaySession {
 
     /// Starts a transaction upstream. A 2xx reply means it is open.
     pub async fn mail(&mut self, client: &ClientInfo, mail: &MailFrom) -> Reply {
-        let settings = match &*self.relay {
+        let smtp = match &*self.relay {
             Relay::Maildir(_) => {
                 self.transaction_open = true;
                 return reply::sender_ok();
             }
-            Relay::Smtp(settings) => settings.clone(),
+            Relay::Smtp(smtp) => smtp,
         };
         let line = mail.to_line();
-        // A reused connection may have been closed by the upstream while idle: one retry on a
-        // fresh connection. Nothing was accepted yet, so retrying cannot duplicate anything.
-        let attempts = if self.conn.is_some() { 2 } else { 1 };
-        for attempt in 1..=attempts {
-            let conn = match self.conn.take() {
-                Some(conn) => conn,
-                None => match UpstreamConnection::open(settings.clone(), client).await {
-                    Ok(conn) => conn,
-                    Err(e) => return refusal_reply(&settings.address, e),
+        // A reused connection (ours, or one from the pool) may have been closed by the
+        // upstream while idle: then try the next one, and finally a fresh connection. Nothing
+        // was accepted yet, so retrying cannot duplicate anything.
+        for _ in 0..3 {
+            let (mut conn, reused) = match self.conn.take().or_else(|| smtp.take_idle()) {
+                Some(conn) => (conn, true),
+                None => match UpstreamConnection::open(smtp.settings.clone(), client).await {
+                    Ok(conn) => (conn, false),
+                    Err(e) => return refusal_reply(&smtp.settings.address, e),
                 },
             };
-            let mut conn = conn;
-            match conn.mail(client, &line).await {
+            let result = match conn.introduce_if_needed(client).await {
+                Ok(()) => conn.mail(client, &line).await,
+                Err(e) => Err(e),
+            };
+            match result {
+                Ok(r) if reused && r.code() == 421 => {
+                    tracing::debug!(reply = %r, "reused upstream connection was closing; trying another");
+                }
                 Ok(r) => {
                     self.conn = Some(conn);
                     let r = self.absorb_421(r);
                     self.transaction_open = r.is_positive();
                     return r;
                 }
-                Err(e) if attempt < attempts => {
-                    tracing::debug!(error = %e, "reused upstream connection failed at MAIL; reconnecting");
+                Err(e) if reused => {
+                    tracing::debug!(error = %e, "reused upstream connection failed before MAIL was accepted; trying another");
                 }
                 Err(e) => {
-                    tracing::warn!(upstream = %settings.address, error = %e, "upstream failed at MAIL");
+                    tracing::warn!(upstream = %smtp.settings.address, error = %e, "upstream failed at MAIL");
                     return reply::upstream_lost();
                 }
             }
@@ -176,12 +227,19 @@ impl RelaySession {
         }
     }
 
-    /// Closes the upstream connection politely.
+    /// Ends the session's use of the upstream: the connection goes back to the pool when it is
+    /// clean (no transaction open), else it is closed politely.
     pub async fn quit(&mut self) {
-        self.transaction_open = false;
-        if let Some(conn) = self.conn.take() {
-            conn.quit().await;
-        }
+        self.rset().await;
+        let Some(conn) = self.conn.take() else { return };
+        let conn = match &*self.relay {
+            Relay::Smtp(smtp) => match smtp.park(conn) {
+                Ok(()) => return,
+                Err(conn) => conn,
+            },
+            Relay::Maildir(_) => conn,
+        };
+        conn.quit().await;
     }
 
     fn lose(&mut self, e: UpstreamError, stage: &str) -> Reply {

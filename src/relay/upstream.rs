@@ -115,6 +115,8 @@ pub struct UpstreamConnection {
     settings: Arc<UpstreamSettings>,
     /// Whether XFORWARD must be sent before each MAIL.
     use_xforward: bool,
+    /// The client the upstream was told about with XCLIENT (address, HELO), if any.
+    xclient_for: Option<(std::net::SocketAddr, Option<String>)>,
 }
 
 /// Longest reply line and most lines we accept from the upstream.
@@ -139,6 +141,7 @@ impl UpstreamConnection {
             caps: Capabilities::default(),
             settings,
             use_xforward: false,
+            xclient_for: None,
         };
         conn.expect_greeting("greeting").await?;
         conn.ehlo().await?;
@@ -188,16 +191,32 @@ impl UpstreamConnection {
         self.ehlo().await
     }
 
-    /// XCLIENT (once per connection) or XFORWARD (before each MAIL), per configuration.
+    /// Makes sure the upstream knows the real client before a transaction: on a connection
+    /// reused for another client (or after a new EHLO), XCLIENT is sent again. XCLIENT is
+    /// allowed outside a transaction and restarts the upstream session (Postfix XCLIENT_README).
+    pub async fn introduce_if_needed(&mut self, client: &ClientInfo) -> Result<(), UpstreamError> {
+        match &self.xclient_for {
+            Some((addr, helo)) if *addr != client.addr || *helo != client.helo => {
+                self.introduce(client).await
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// XCLIENT (once per client) or XFORWARD (before each MAIL), per configuration.
     async fn introduce(&mut self, client: &ClientInfo) -> Result<(), UpstreamError> {
         let want_xclient = self.settings.xclient != Xclient::Never;
+        self.xclient_for = None;
         match (&self.caps.xclient, want_xclient) {
             (Some(attrs), true) => {
                 let line = format!("XCLIENT {}", client_attributes(client, attrs));
                 let reply = self.command(&line, "XCLIENT").await?;
-                if reply.code() == 220 {
-                    // XCLIENT restarts the session at the greeting (Postfix XCLIENT_README).
-                    return self.ehlo().await;
+                // Postfix answers 220 (a new greeting), smtp-sink 250; either way the session
+                // restarts and wants a new EHLO.
+                if reply.is_positive() {
+                    self.ehlo().await?;
+                    self.xclient_for = Some((client.addr, client.helo.clone()));
+                    return Ok(());
                 }
                 if self.settings.xclient == Xclient::Always {
                     return Err(UpstreamError::Refused("XCLIENT", reply));

@@ -21,9 +21,9 @@ use tokio_rustls::TlsAcceptor;
 use crate::config::{Config, UpstreamTarget};
 use crate::envelope::ClientInfo;
 use crate::filter::Filter;
-use crate::relay::Relay;
 use crate::relay::maildir::Maildir;
 use crate::relay::upstream::UpstreamSettings;
+use crate::relay::{Relay, SmtpRelay};
 use crate::smtp::reply;
 use crate::smtp::session::Session;
 
@@ -48,7 +48,7 @@ impl Services {
             ),
             UpstreamTarget::Smtp(address) => {
                 let u = &config.upstream;
-                Relay::Smtp(Arc::new(UpstreamSettings {
+                let settings = Arc::new(UpstreamSettings {
                     address,
                     helo_name: config.upstream_helo().to_string(),
                     xclient: u.xclient,
@@ -58,7 +58,9 @@ impl Services {
                     connect_timeout: Duration::from_secs(u.connect_timeout_secs),
                     command_timeout: Duration::from_secs(u.command_timeout_secs),
                     data_timeout: Duration::from_secs(u.data_timeout_secs),
-                }))
+                });
+                let idle = Duration::from_secs(u.pool_idle_secs);
+                Relay::Smtp(SmtpRelay::new(settings, u.pool_size, idle))
             }
         };
         let tls = config.tls.as_ref().map(tls::acceptor).transpose()?;
@@ -143,8 +145,8 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         "mailwarden {} ready",
         env!("CARGO_PKG_VERSION")
     );
-    if let Relay::Smtp(settings) = &*services.relay {
-        tokio::spawn(probe_upstream(settings.clone()));
+    if let Relay::Smtp(smtp) = &*services.relay {
+        tokio::spawn(probe_upstream(smtp.settings.clone()));
     }
     let limits = Arc::new(Limits {
         max_total: server.max_sessions,
