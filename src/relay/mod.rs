@@ -73,14 +73,14 @@ impl SmtpRelay {
         pool.pop().map(|(conn, _)| conn)
     }
 
-    /// Parks a connection that is outside any transaction; false when the pool is full.
-    fn park(&self, conn: UpstreamConnection) -> Result<(), UpstreamConnection> {
+    /// Parks a connection that is outside any transaction; gives it back when the pool is full.
+    fn park(&self, conn: UpstreamConnection) -> Option<UpstreamConnection> {
         let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
         if pool.len() >= self.pool_size {
-            return Err(conn);
+            return Some(conn);
         }
         pool.push((conn, Instant::now()));
-        Ok(())
+        None
     }
 }
 
@@ -234,8 +234,8 @@ impl RelaySession {
         let Some(conn) = self.conn.take() else { return };
         let conn = match &*self.relay {
             Relay::Smtp(smtp) => match smtp.park(conn) {
-                Ok(()) => return,
-                Err(conn) => conn,
+                None => return,
+                Some(conn) => conn,
             },
             Relay::Maildir(_) => conn,
         };
