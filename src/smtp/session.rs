@@ -107,7 +107,12 @@ impl Session {
             } else {
                 Some(self.conn.read_line(hard_limit, command_timeout).await)
             };
-            let Some(read) = read else { continue };
+            let Some(read) = read else {
+                // Shutdown while waiting for a command outside a transaction.
+                let r = reply::shutting_down(self.hostname());
+                self.conn.reply(&r);
+                break;
+            };
             let line = match read {
                 Ok(line) => line,
                 Err(e) => {
