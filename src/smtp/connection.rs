@@ -79,6 +79,13 @@ impl Connection {
         Ok(())
     }
 
+    /// Flushes pending replies and closes our side (for TLS: sends close_notify first,
+    /// RFC 8446 §6.1).
+    pub async fn shutdown(&mut self) -> io::Result<()> {
+        self.flush().await?;
+        self.stream.shutdown().await
+    }
+
     /// Whether a complete command line is already buffered (the client is pipelining).
     pub fn has_buffered_line(&self) -> bool {
         memchr::memchr(b'\n', &self.input[self.pos..]).is_some()

@@ -158,7 +158,7 @@ impl Session {
                 break;
             }
         }
-        let _ = self.conn.flush().await;
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.conn.shutdown()).await;
         self.relay.quit().await;
     }
 
