@@ -163,7 +163,12 @@ impl UpstreamConnection {
     }
 
     async fn ehlo(&mut self) -> Result<(), UpstreamError> {
-        let line = format!("EHLO {}", self.settings.helo_name);
+        let name = self.settings.helo_name.clone();
+        self.ehlo_as(&name).await
+    }
+
+    async fn ehlo_as(&mut self, name: &str) -> Result<(), UpstreamError> {
+        let line = format!("EHLO {name}");
         let reply = self.command(&line, "EHLO").await?;
         if !reply.is_positive() {
             return Err(UpstreamError::Refused("EHLO", reply));
@@ -213,8 +218,15 @@ impl UpstreamConnection {
                 let reply = self.command(&line, "XCLIENT").await?;
                 // Postfix answers 220 (a new greeting), smtp-sink 250; either way the session
                 // restarts and wants a new EHLO.
+                // The EHLO after XCLIENT speaks for the client: Postfix takes the HELO name
+                // from it, overriding XCLIENT's HELO= (XCLIENT_README's example does the same).
                 if reply.is_positive() {
-                    self.ehlo().await?;
+                    let helo = client
+                        .helo
+                        .as_deref()
+                        .unwrap_or(&self.settings.helo_name)
+                        .to_string();
+                    self.ehlo_as(&helo).await?;
                     self.xclient_for = Some((client.addr, client.helo.clone()));
                     return Ok(());
                 }

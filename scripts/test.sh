@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# Runs mailwarden's checks: rustfmt, clippy (warnings are errors) and every test target.
+#
+# The integration tests drive real programs: a private Postfix instance per test (never
+# the system one: tests run `postfix -c <tempdir>`) and swaks. This script installs them
+# from Debian when they are missing (needs root), leaving the system Postfix unconfigured
+# ("No configuration"), so nothing on the machine starts receiving mail.
+#
+# Usage: scripts/test.sh [extra `cargo test` arguments, e.g. -- --nocapture]
+# Works from any directory.
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+have() {
+    command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ] || [ -x "/usr/bin/$1" ]
+}
+
+missing=()
+have postfix || missing+=(postfix)
+have postconf || missing+=(postfix)
+have swaks || missing+=(swaks)
+have script || missing+=(bsdutils)
+getent passwd postfix >/dev/null 2>&1 || missing+=(postfix)
+
+if [ "${#missing[@]}" -gt 0 ]; then
+    # Deduplicate while keeping order.
+    mapfile -t missing < <(printf '%s\n' "${missing[@]}" | awk '!seen[$0]++')
+    echo "==> installing test dependencies: ${missing[*]}"
+    if [ "$(id -u)" -ne 0 ]; then
+        echo "error: installing ${missing[*]} needs root (apt-get install ${missing[*]})" >&2
+        exit 1
+    fi
+    # Install Postfix without configuring (or starting) a system mail server.
+    echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update
+    apt-get install -y "${missing[@]}"
+fi
+
+for tool in fmt clippy; do
+    if ! cargo "$tool" --version >/dev/null 2>&1; then
+        echo "error: cargo $tool is not available (rustup component add ${tool/fmt/rustfmt})" >&2
+        exit 1
+    fi
+done
+
+echo "==> cargo fmt --all -- --check"
+cargo fmt --all -- --check
+
+echo "==> cargo clippy --all-targets -- -D warnings"
+cargo clippy --all-targets -- -D warnings
+
+# The integration tests mostly wait (on Postfix, on timeouts they provoke), so more test
+# threads than the machine's 2 cores finish sooner; RUST_TEST_THREADS set by the caller wins.
+export RUST_TEST_THREADS="${RUST_TEST_THREADS:-4}"
+
+echo "==> cargo test --all-targets --no-fail-fast $*"
+cargo test --all-targets --no-fail-fast "$@"

@@ -1,0 +1,227 @@
+//! Runs the real `mailwarden serve` binary for a test.
+
+use std::io::{BufRead, BufReader, Read};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// How long the binary may take to print its `listening on` line.
+const START_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A running `mailwarden serve` child process; killed on drop.
+pub struct Proxy {
+    child: Child,
+    addr: SocketAddr,
+    log: Arc<Mutex<String>>,
+    config: String,
+    config_path: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Proxy {
+    /// Writes `body` as the config file and starts the proxy.
+    ///
+    /// `body` is TOML. The listener is always `127.0.0.1:0`: a `listen = ...` line is
+    /// added right after `[server]` (or a whole `[server]` section with the test hostname is
+    /// prepended when `body` has none). `@LISTEN@` in `body` is replaced by the listen array
+    /// instead, for a test that wants to place it itself.
+    pub fn start(body: &str) -> Proxy {
+        let config = Self::complete_config(body);
+        let dir = tempfile::Builder::new()
+            .prefix("mailwarden-proxy-")
+            .tempdir()
+            .expect("create a temp dir for the proxy config");
+        let config_path = dir.path().join("mailwarden.toml");
+        std::fs::write(&config_path, &config).expect("write the proxy config file");
+        Self::spawn(config, config_path, dir)
+    }
+
+    /// A config for an upstream URL, with extra lines for `[server]` and `[upstream]`.
+    pub fn config(upstream_url: &str, server_extra: &str, upstream_extra: &str) -> String {
+        format!(
+            "[server]\nhostname = \"mx.example.test\"\n{server_extra}\n\n\
+             [upstream]\nurl = \"{upstream_url}\"\n{upstream_extra}\n"
+        )
+    }
+
+    /// Starts a proxy in front of `upstream_url` with otherwise default settings.
+    pub fn for_upstream(upstream_url: &str) -> Proxy {
+        Self::start(&Self::config(upstream_url, "", ""))
+    }
+
+    pub fn complete_config(body: &str) -> String {
+        const LISTEN: &str = r#"["127.0.0.1:0"]"#;
+        if body.contains("@LISTEN@") {
+            return body.replace("@LISTEN@", LISTEN);
+        }
+        let has_server = body.lines().any(|l| l.trim() == "[server]");
+        if !has_server {
+            return format!(
+                "[server]\nlisten = {LISTEN}\nhostname = \"mx.example.test\"\n\n{body}"
+            );
+        }
+        let mut out = String::new();
+        let mut in_server = false;
+        let mut injected = false;
+        for line in body.lines() {
+            let t = line.trim();
+            if t.starts_with('[') {
+                in_server = t == "[server]";
+            }
+            if in_server && t.starts_with("listen") && t[6..].trim_start().starts_with('=') {
+                // The test's own listen line is replaced: we must know the address.
+                continue;
+            }
+            out.push_str(line);
+            out.push('\n');
+            if t == "[server]" && !injected {
+                out.push_str(&format!("listen = {LISTEN}\n"));
+                injected = true;
+            }
+        }
+        out
+    }
+
+    fn spawn(config: String, config_path: PathBuf, dir: tempfile::TempDir) -> Proxy {
+        let bin = env!("CARGO_BIN_EXE_mailwarden");
+        let rust_log = std::env::var("MAILWARDEN_TEST_LOG").unwrap_or_else(|_| "info".into());
+        let mut child = Command::new(bin)
+            .arg("serve")
+            .arg("--config")
+            .arg(&config_path)
+            .env("RUST_LOG", rust_log)
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {bin} serve --config {config_path:?}: {e}"));
+
+        let log = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = mpsc::channel::<Option<SocketAddr>>();
+        let stderr = child.stderr.take().expect("child stderr is piped");
+        let stdout = child.stdout.take().expect("child stdout is piped");
+        spawn_drain(stderr, log.clone(), Some(tx.clone()));
+        spawn_drain(stdout, log.clone(), None);
+        drop(tx);
+
+        let addr = match rx.recv_timeout(START_TIMEOUT) {
+            Ok(Some(addr)) => addr,
+            outcome => {
+                let _ = child.kill();
+                let status = child.wait();
+                // Give the drain threads a moment to collect the last lines.
+                std::thread::sleep(Duration::from_millis(100));
+                let log = log.lock().expect("proxy log lock").clone();
+                let why = match outcome {
+                    Ok(None) | Err(mpsc::RecvTimeoutError::Disconnected) => {
+                        format!("the proxy exited ({status:?}) before listening")
+                    }
+                    _ => format!("no 'listening on' line within {START_TIMEOUT:?}"),
+                };
+                panic!(
+                    "mailwarden did not start: {why}\n--- config ---\n{config}\n--- log ---\n{log}"
+                );
+            }
+        };
+        Proxy {
+            child,
+            addr,
+            log,
+            config,
+            config_path,
+            _dir: dir,
+        }
+    }
+
+    /// The client-facing listener address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Everything the proxy wrote to stderr/stdout so far.
+    pub fn log(&self) -> String {
+        self.log.lock().expect("proxy log lock").clone()
+    }
+
+    /// The config file contents the proxy was started with.
+    pub fn config_text(&self) -> &str {
+        &self.config
+    }
+
+    pub fn config_path(&self) -> &Path {
+        &self.config_path
+    }
+
+    /// True while the child process is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            super::dump_log(
+                &format!("mailwarden log ({})", self.addr),
+                &format!(
+                    "--- config ---\n{}\n--- log ---\n{}",
+                    self.config,
+                    self.log()
+                ),
+            );
+        }
+    }
+}
+
+/// Copies a child's output into `log` line by line; the first `listening on ADDR` line is
+/// reported on `tx`, and `None` is sent when the stream ends without one.
+fn spawn_drain(
+    stream: impl Read + Send + 'static,
+    log: Arc<Mutex<String>>,
+    tx: Option<mpsc::Sender<Option<SocketAddr>>>,
+) {
+    std::thread::spawn(move || {
+        let mut reader = BufReader::new(stream);
+        let mut tx = tx;
+        let mut buf = Vec::new();
+        loop {
+            buf.clear();
+            match reader.read_until(b'\n', &mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+            let line = super::strip_ansi(&String::from_utf8_lossy(&buf));
+            if let Ok(mut l) = log.lock() {
+                l.push_str(&line);
+                if !line.ends_with('\n') {
+                    l.push('\n');
+                }
+            }
+            if let Some(addr) = parse_listening(&line)
+                && let Some(sender) = tx.take()
+            {
+                let _ = sender.send(Some(addr));
+            }
+        }
+        if let Some(sender) = tx {
+            let _ = sender.send(None);
+        }
+    });
+}
+
+/// Extracts `ADDR` from a line containing `listening on ADDR`.
+pub fn parse_listening(line: &str) -> Option<SocketAddr> {
+    let rest = &line[line.find("listening on ")? + "listening on ".len()..];
+    let rest = rest.trim_start_matches(['"', '\'']);
+    let token: String = rest
+        .chars()
+        .take_while(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | ':' | '[' | ']'))
+        .collect();
+    token.parse().ok()
+}
