@@ -5,6 +5,8 @@
 //! rules, sender verification, virus scanning) plug in here; the session does not know what a
 //! rule is, and the filter does not know what a socket is.
 
+pub mod message;
+
 use crate::envelope::Envelope;
 use crate::smtp::reply::Reply;
 
