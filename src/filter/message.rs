@@ -72,7 +72,10 @@ impl Message {
     }
 
     /// The fields named `name` (case-insensitive), in order.
-    pub fn header_fields<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a HeaderField> + 'a {
+    pub fn header_fields<'a>(
+        &'a self,
+        name: &'a str,
+    ) -> impl Iterator<Item = &'a HeaderField> + 'a {
         self.headers()
             .iter()
             .filter(move |h| h.name.eq_ignore_ascii_case(name))

@@ -5,7 +5,9 @@
 //! rules, sender verification, virus scanning) plug in here; the session does not know what a
 //! rule is, and the filter does not know what a socket is.
 
+pub mod headers;
 pub mod message;
+pub mod policy;
 
 use crate::envelope::Envelope;
 use crate::smtp::reply::Reply;

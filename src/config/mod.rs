@@ -10,6 +10,9 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+mod filter;
+pub use filter::{Action, DomainPolicy, MultiRecipient, PolicyConfig, RuleAction, RulesConfig};
+
 /// The whole configuration file.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -23,6 +26,10 @@ pub struct Config {
     pub tls: Option<TlsConfig>,
     #[serde(default)]
     pub log: LogConfig,
+    #[serde(default)]
+    pub rules: RulesConfig,
+    #[serde(default)]
+    pub policy: PolicyConfig,
 }
 
 /// `[server]`: the inbound SMTP listener and its limits.
@@ -276,6 +283,40 @@ impl Config {
         }
         self.upstream_target()
             .map_err(|e| ConfigError(format!("{origin}: {e}")))?;
+        self.validate_policy(origin)
+    }
+
+    fn validate_policy(&self, origin: &str) -> Result<(), ConfigError> {
+        let err = |key: &str, what: String| Err(ConfigError(format!("{origin}: {key}: {what}")));
+        let p = &self.policy;
+        if self.rules.score_set > 3 {
+            return err("rules.score_set", "must be 0, 1, 2 or 3".into());
+        }
+        if self.rules.scan_timeout_ms == 0 {
+            return err("rules.scan_timeout_ms", "must be at least 1".into());
+        }
+        let check = |key: &str, tag: f64, reject: f64| {
+            if !tag.is_finite() || !reject.is_finite() || tag > reject {
+                return err(
+                    key,
+                    format!("tag_score ({tag}) must not be above reject_score ({reject})"),
+                );
+            }
+            Ok(())
+        };
+        check("policy", p.tag_score, p.reject_score)?;
+        for (domain, d) in &p.domains {
+            let tag = d.tag_score.unwrap_or(p.tag_score);
+            let reject = d.reject_score.unwrap_or(p.reject_score);
+            check(&format!("policy.domains.\"{domain}\""), tag, reject)?;
+        }
+        let quarantines = p.rules.values().any(|r| r.action == Action::Quarantine);
+        if quarantines && p.quarantine_dir.is_empty() {
+            return err(
+                "policy.rules",
+                "an action = \"quarantine\" needs policy.quarantine_dir (where to keep the messages)".into(),
+            );
+        }
         Ok(())
     }
 
@@ -355,7 +396,7 @@ mod tests {
 
     #[test]
     fn shipped_config_is_valid() {
-        let text = include_str!("../mailwarden.toml");
+        let text = include_str!("../../mailwarden.toml");
         let config = Config::parse(text, "mailwarden.toml").expect("shipped config parses");
         assert_eq!(
             config.upstream_target().expect("target"),
