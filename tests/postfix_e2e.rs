@@ -24,6 +24,8 @@
 //!   (pooled) upstream connections;
 //! * XCLIENT (Postfix records each real client's HELO, also on reused connections), swaks
 //!   as an independent client;
+//! * XFORWARD when Postfix authorizes it but not XCLIENT (Postfix logs the real client),
+//!   `xclient = "always"` refusing to relay then, and opportunistic STARTTLS to Postfix;
 //! * SMTP smuggling with bare LF/CR end-of-data variants in `reject` and `normalize` mode,
 //!   via DATA and via BDAT, plus bare LF/CR in command lines.
 
@@ -894,6 +896,219 @@ fn xclient_never_keeps_the_proxy_identity() {
     assert!(
         !received.contains("client-helo.example.net"),
         "with xclient = never Postfix cannot know the client's HELO, got: {received:?}"
+    );
+}
+
+/// The Postfix side of the XFORWARD tests: XFORWARD authorized for loopback, XCLIENT not
+/// (the empty value overrides the harness's `smtpd_authorized_xclient_hosts`). The header
+/// check WARN makes Postfix's cleanup log one line per message with the client, protocol and
+/// HELO it recorded for it.
+const XFORWARD_ONLY_MAIN_CF: &str = "smtpd_authorized_xclient_hosts =
+smtpd_authorized_xforward_hosts = 127.0.0.0/8
+header_checks = regexp:@DIR@/header_checks
+";
+const XFORWARD_HEADER_CHECKS: &[u8] = b"/^Subject: xforward probe/ WARN\n";
+
+/// The real client in the XFORWARD tests connects from 127.0.0.2, so what Postfix records for
+/// it cannot be confused with the proxy's own address (127.0.0.1).
+const REAL_CLIENT_ADDR: &str = "127.0.0.2";
+
+fn start_xforward_only_upstream() -> Postfix {
+    let pf = Postfix::start_with_files(
+        XFORWARD_ONLY_MAIN_CF,
+        &[("header_checks", XFORWARD_HEADER_CHECKS)],
+    );
+    let mut c = SmtpClient::connect_greeted(pf.addr());
+    let r = c.cmd("EHLO probe.example.net");
+    c.quit();
+    let offers = |kw: &str| r.lines.iter().any(|l| l.split(' ').next() == Some(kw));
+    assert!(
+        offers("XFORWARD") && !offers("XCLIENT"),
+        "Postfix should offer XFORWARD but not XCLIENT to 127.0.0.1: {r}"
+    );
+    pf
+}
+
+/// The queue id from Postfix's end-of-data reply (`... queued as ID`), relayed by the proxy.
+fn queue_id(r: &Reply) -> String {
+    let text = r.text();
+    let (_, id) = text
+        .rsplit_once("queued as ")
+        .unwrap_or_else(|| panic!("no queue id in the end-of-data reply {r}"));
+    id.trim().to_string()
+}
+
+/// XFORWARD: when Postfix does not let the proxy use XCLIENT but does authorize XFORWARD,
+/// the default `xclient = "auto"` (with `xforward = true`) must fall back to XFORWARD so
+/// Postfix's log still names the real client. XFORWARD only overrides Postfix's *logging*
+/// attributes (XFORWARD_README): smtpd logs the proxy as `client=` and the real client as
+/// `orig_client=`, and cleanup's per-message log lines (here from a header_checks WARN) carry
+/// the forwarded address, protocol and HELO. Postfix's own Received header, its
+/// restrictions and its NOQUEUE reject lines keep seeing the proxy (checked for the Received
+/// header, so the difference from XCLIENT is pinned down).
+#[test]
+fn xforward_gives_postfix_logs_the_real_client_when_xclient_is_not_authorized() {
+    let pf = start_xforward_only_upstream();
+    // No xclient/xforward lines: the defaults are under test.
+    let proxy = proxy_for(&pf);
+    let message = b"From: xf@example.test\r\nTo: user@example.org\r\nSubject: xforward probe\r\n\
+        Message-ID: <xforward-1@example.test>\r\n\r\nhello\r\n"
+        .to_vec();
+    let source = REAL_CLIENT_ADDR.parse().expect("an IP address");
+    let mut c = SmtpClient::connect_from(source, proxy.addr());
+    let r = c.reply();
+    c.expect_code(&r, 220, "greeting");
+    let r = c.cmd("EHLO xforward-client.example.net");
+    c.expect_code(&r, 250, "EHLO");
+    let r = c.send_mail("xf@example.test", &["user@example.org"], &message);
+    c.quit();
+    let id = queue_id(&r);
+
+    let delivered = pf.settle_and_collect(1);
+    let d = split_proxied(&delivered[0]);
+    assert_same_message("xforward", &message, &d.message);
+    let received = postfix_received(&d);
+    assert!(
+        received.starts_with("Received: from mx.example.test (localhost [127.0.0.1])"),
+        "with XFORWARD (not XCLIENT) Postfix's Received header names the proxy: {received:?}"
+    );
+
+    let smtpd_line =
+        format!("{id}: client=localhost[127.0.0.1], orig_client=unknown[{REAL_CLIENT_ADDR}]");
+    let cleanup_line = format!(
+        "{id}: warning: header Subject: xforward probe from unknown[{REAL_CLIENT_ADDR}]; \
+         from=<xf@example.test> to=<user@example.org> proto=ESMTP \
+         helo=<xforward-client.example.net>"
+    );
+    for line in [&smtpd_line, &cleanup_line] {
+        // Postfix's daemons log through postlogd: wait for the line to arrive.
+        let log = pf.log_containing(line);
+        assert!(
+            log.lines().any(|l| l.ends_with(line.as_str())),
+            "Postfix's log should have a line ending in\n{line}\n--- postfix.log ---\n{log}"
+        );
+    }
+}
+
+/// `xclient = "always"` promises that Postfix sees the real client (README: "refuse to relay
+/// if Postfix would not see the real client"). Against a Postfix that does not authorize
+/// XCLIENT for the proxy, the client must get `451 4.3.5` at MAIL and nothing may be
+/// delivered, even though XFORWARD is available (it only fixes the logs, not restrictions),
+/// and the proxy's log must say what to set in Postfix.
+#[test]
+fn xclient_always_without_authorization_tempfails_at_mail() {
+    let pf = start_xforward_only_upstream();
+    let proxy = proxy_with(&pf, "", "xclient = \"always\"");
+    let mut c = SmtpClient::connect_ehlo(proxy.addr(), "client.example.net");
+    for attempt in 1..=2 {
+        let r = c.cmd("MAIL FROM:<always@example.test>");
+        assert_eq!(
+            (r.code, r.enhanced()),
+            (451, Some("4.3.5")),
+            "MAIL attempt {attempt}: {r}\ntranscript:\n{}",
+            c.transcript()
+        );
+    }
+    c.quit();
+    pf.settle_and_collect(0);
+    let log = proxy.log();
+    assert!(
+        log.contains("smtpd_authorized_xclient_hosts"),
+        "the proxy's log should name the Postfix setting to change:\n{log}"
+    );
+}
+
+/// main.cf lines for a Postfix that offers STARTTLS with a certificate in its temporary
+/// directory and records TLS use: in its Received header (`(using TLSv1.3 with cipher ...)`,
+/// `with ESMTPS`) and in its log (`TLS connection established from ...`).
+const TLS_MAIN_CF: &str = "smtpd_tls_security_level = may
+smtpd_tls_cert_file = @DIR@/tls/cert.pem
+smtpd_tls_key_file = @DIR@/tls/key.pem
+smtpd_tls_received_header = yes
+smtpd_tls_loglevel = 1
+";
+
+fn start_tls_upstream() -> Postfix {
+    let cert = rcgen::generate_simple_self_signed(vec!["upstream.example.org".to_string()])
+        .expect("generate a self-signed certificate for Postfix");
+    let cert_pem = cert.cert.pem();
+    let key_pem = cert.key_pair.serialize_pem();
+    let pf = Postfix::start_with_files(
+        TLS_MAIN_CF,
+        &[
+            ("tls/cert.pem", cert_pem.as_bytes()),
+            ("tls/key.pem", key_pem.as_bytes()),
+        ],
+    );
+    let mut c = SmtpClient::connect_greeted(pf.addr());
+    let r = c.cmd("EHLO probe.example.net");
+    c.quit();
+    assert!(
+        r.lines.iter().any(|l| l == "STARTTLS"),
+        "Postfix should offer STARTTLS: {r}"
+    );
+    pf
+}
+
+/// Sends one small message through `proxy` and returns Postfix's Received header for it.
+fn relay_and_get_postfix_received(pf: &Postfix, proxy: &Proxy, id: &str) -> String {
+    let message = messages::simple(id, "upstream TLS", "hello");
+    let mut c = SmtpClient::connect_ehlo(proxy.addr(), "client.example.net");
+    c.send_mail("tls@example.test", &["user@example.org"], &message);
+    c.quit();
+    let wanted = format!("<{id}@example.test>");
+    let delivered = support::wait_until(LONG, || {
+        let all = pf.messages();
+        all.iter()
+            .any(|m| messages::header(m, "Message-ID").as_deref() == Some(wanted.as_str()))
+            .then_some(all)
+    })
+    .unwrap_or_else(|| panic!("{wanted} was not delivered within {LONG:?}"));
+    let raw = find_by_message_id(&delivered, &format!("{id}@example.test"));
+    let d = split_proxied(raw);
+    assert_same_message(id, &message, &d.message);
+    postfix_received(&d)
+}
+
+/// Opportunistic STARTTLS to the upstream (`[upstream] starttls = true`): when Postfix offers
+/// STARTTLS the proxy must use it, so the hop to the MTA is encrypted; Postfix then records
+/// the TLS version and cipher in its Received header and logs the TLS connection. The
+/// counter-check with the default (`starttls = false`) against the same Postfix shows the
+/// TLS evidence comes from the setting, not from Postfix alone.
+#[test]
+fn upstream_starttls_is_used_only_when_configured() {
+    let pf = start_tls_upstream();
+    const ESTABLISHED: &str =
+        "TLS connection established from localhost[127.0.0.1]: TLSv1.3 with cipher ";
+
+    let proxy = proxy_with(&pf, "", "starttls = true");
+    let received = relay_and_get_postfix_received(&pf, &proxy, "tls-on-1");
+    assert!(
+        received.contains("\n\t(using TLSv1.3 with cipher ")
+            && received.contains(" with ESMTPS id "),
+        "with starttls = true Postfix should record a TLS hop: {received:?}"
+    );
+    let log = pf.log_containing(ESTABLISHED);
+    let tls_connections = log.matches(ESTABLISHED).count();
+    assert!(
+        tls_connections >= 1,
+        "Postfix should log the TLS connection:\n{log}"
+    );
+    drop(proxy);
+    pf.settle_and_collect(1);
+
+    let proxy = proxy_for(&pf);
+    let received = relay_and_get_postfix_received(&pf, &proxy, "tls-off-1");
+    assert!(
+        !received.contains("(using TLS") && received.contains(" with ESMTP id "),
+        "with the default starttls = false Postfix should record no TLS: {received:?}"
+    );
+    pf.settle_and_collect(2);
+    let log = pf.log();
+    assert_eq!(
+        log.matches(ESTABLISHED).count(),
+        tls_connections,
+        "no new TLS connection expected with starttls = false:\n{log}"
     );
 }
 

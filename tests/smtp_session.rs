@@ -15,15 +15,16 @@
 //! codes (RFC 3463) are asserted exactly. Tests share nothing and can run in any order and in
 //! parallel; timeouts are generous because the machine may be small and busy.
 //!
-//! These helpers are private to this file on purpose (the shared `tests/support` client is
-//! blocking and cannot do STARTTLS).
+//! The process is run by the shared `tests/support/proxy.rs`; the client and the Maildir reader
+//! are private to this file on purpose (the shared `tests/support` client is blocking and
+//! cannot do STARTTLS).
 
-use std::io::{BufRead, BufReader};
+mod support;
+
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -38,20 +39,19 @@ use tokio_rustls::rustls::{ClientConfig, RootCertStore};
 // Helpers: the proxy process, the raw client, delivered messages.
 // ---------------------------------------------------------------------------------------------
 
-/// How long the proxy may take to print its `listening on` line.
+/// How long the proxy may take to exit on a bad config.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long any one reply (or the close of a connection) may take.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
 /// The hostname every test config uses.
 const HOSTNAME: &str = "mx.example.test";
 
-/// A running `mailwarden serve`; killed on drop, its log printed if the test failed.
+/// A running `mailwarden serve` delivering to the Maildir `<its temp dir>/mail`. The process
+/// itself is `support::Proxy` (config in a fresh temporary directory, listener on a port the
+/// kernel picks, killed on drop, config and log printed if the test failed).
 struct Proxy {
-    child: Child,
+    inner: support::Proxy,
     addr: SocketAddr,
-    dir: tempfile::TempDir,
-    log: Arc<Mutex<String>>,
-    config: String,
     /// The self-signed certificate, when `[tls]` is configured.
     cert: Option<CertificateDer<'static>>,
 }
@@ -68,88 +68,31 @@ impl Proxy {
     }
 
     fn launch(server_extra: &str, tls: bool) -> Proxy {
-        let dir = tempfile::Builder::new()
-            .prefix("mailwarden-session-")
-            .tempdir()
-            .expect("create a temp dir");
-        let maildir = dir.path().join("mail");
         let mut config = format!(
-            "[server]\nlisten = [\"127.0.0.1:0\"]\nhostname = \"{HOSTNAME}\"\n{server_extra}\n\n\
-             [upstream]\nurl = {}\n",
-            toml_string(&format!("maildir:{}", maildir.display()))
+            "[server]\nhostname = \"{HOSTNAME}\"\n{server_extra}\n\n\
+             [upstream]\nurl = \"maildir:@DIR@/mail\"\n"
         );
+        let mut files = Vec::new();
         let mut cert = None;
         if tls {
             let generated = rcgen::generate_simple_self_signed(vec!["localhost".to_string()])
                 .expect("generate a self-signed certificate");
-            let cert_path = dir.path().join("cert.pem");
-            let key_path = dir.path().join("key.pem");
-            std::fs::write(&cert_path, generated.cert.pem()).expect("write cert.pem");
-            std::fs::write(&key_path, generated.key_pair.serialize_pem()).expect("write key.pem");
-            config.push_str(&format!(
-                "\n[tls]\ncert = {}\nkey = {}\n",
-                toml_string(&cert_path.display().to_string()),
-                toml_string(&key_path.display().to_string())
-            ));
+            files.push(("cert.pem", generated.cert.pem().into_bytes()));
+            files.push(("key.pem", generated.key_pair.serialize_pem().into_bytes()));
+            config.push_str("\n[tls]\ncert = \"@DIR@/cert.pem\"\nkey = \"@DIR@/key.pem\"\n");
             cert = Some(generated.cert.der().clone());
         }
-        let config_path = dir.path().join("mailwarden.toml");
-        std::fs::write(&config_path, &config).expect("write the config file");
-
-        let bin = env!("CARGO_BIN_EXE_mailwarden");
-        let mut child = Command::new(bin)
-            .arg("serve")
-            .arg("--config")
-            .arg(&config_path)
-            .env("RUST_LOG", "info")
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn {bin}: {e}"));
-        let log = Arc::new(Mutex::new(String::new()));
-        let (tx, rx) = mpsc::channel();
-        let stderr = child.stderr.take().expect("stderr is piped");
-        let log_writer = log.clone();
-        std::thread::spawn(move || {
-            let mut tx = Some(tx);
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                if let Some(addr) = parse_listening(&line)
-                    && let Some(tx) = tx.take()
-                {
-                    let _ = tx.send(addr);
-                }
-                let mut log = log_writer.lock().unwrap_or_else(|p| p.into_inner());
-                log.push_str(&line);
-                log.push('\n');
-            }
-        });
-        let addr = match rx.recv_timeout(START_TIMEOUT) {
-            Ok(addr) => addr,
-            Err(e) => {
-                let _ = child.kill();
-                let status = child.wait();
-                std::thread::sleep(Duration::from_millis(200));
-                let log = log.lock().unwrap_or_else(|p| p.into_inner()).clone();
-                panic!(
-                    "mailwarden did not start ({e}; {status:?})\n--- config ---\n{config}--- log ---\n{log}"
-                );
-            }
-        };
+        let files: Vec<(&str, &[u8])> = files.iter().map(|(n, c)| (*n, c.as_slice())).collect();
+        let inner = support::Proxy::start_with_files(&config, &files);
         Proxy {
-            child,
-            addr,
-            dir,
-            log,
-            config,
+            addr: inner.addr(),
+            inner,
             cert,
         }
     }
 
     fn maildir(&self) -> PathBuf {
-        self.dir.path().join("mail")
+        self.inner.dir().join("mail")
     }
 
     /// Connects and checks the 220 greeting.
@@ -224,20 +167,6 @@ impl Proxy {
     }
 }
 
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            let log = self.log.lock().unwrap_or_else(|p| p.into_inner()).clone();
-            eprintln!(
-                "===== mailwarden ({}) =====\n--- config ---\n{}--- log ---\n{log}",
-                self.addr, self.config
-            );
-        }
-    }
-}
-
 /// A TOML basic string holding `s`.
 fn toml_string(s: &str) -> String {
     let mut out = String::from("\"");
@@ -251,12 +180,6 @@ fn toml_string(s: &str) -> String {
     }
     out.push('"');
     out
-}
-
-/// `ADDR` from a log line containing `listening on ADDR`.
-fn parse_listening(line: &str) -> Option<SocketAddr> {
-    let rest = &line[line.find("listening on ")? + "listening on ".len()..];
-    rest.split_whitespace().next()?.parse().ok()
 }
 
 /// The per-process counter in a Maildir name `secs.M<us>P<pid>Q<n>.host`, for ordering.

@@ -6,7 +6,7 @@
 
 use std::fmt;
 use std::io::{self, BufRead, BufReader, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::net::{IpAddr, Shutdown, SocketAddr, TcpStream};
 use std::time::Duration;
 
 /// How long a single reply may take before the test fails.
@@ -89,6 +89,26 @@ impl SmtpClient {
 
     pub fn try_connect(addr: SocketAddr) -> io::Result<SmtpClient> {
         let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(10))?;
+        Self::wrap(stream, addr)
+    }
+
+    /// Connects from the local address `source` (any of 127.0.0.0/8 works on Linux), so a
+    /// test can tell the real client's address from the proxy's 127.0.0.1. No greeting read.
+    pub fn connect_from(source: IpAddr, addr: SocketAddr) -> SmtpClient {
+        let connect = || -> io::Result<SmtpClient> {
+            let socket = socket2::Socket::new(
+                socket2::Domain::for_address(addr),
+                socket2::Type::STREAM,
+                Some(socket2::Protocol::TCP),
+            )?;
+            socket.bind(&SocketAddr::new(source, 0).into())?;
+            socket.connect_timeout(&addr.into(), Duration::from_secs(10))?;
+            Self::wrap(socket.into(), addr)
+        };
+        connect().unwrap_or_else(|e| panic!("connect from {source} to {addr}: {e}"))
+    }
+
+    fn wrap(stream: TcpStream, addr: SocketAddr) -> io::Result<SmtpClient> {
         stream.set_read_timeout(Some(REPLY_TIMEOUT))?;
         stream.set_write_timeout(Some(REPLY_TIMEOUT))?;
         stream.set_nodelay(true)?;

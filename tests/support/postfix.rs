@@ -46,6 +46,13 @@ impl Postfix {
     /// Like [`start`](Self::start) with extra main.cf lines (later lines win), e.g.
     /// `smtpd_discard_ehlo_keywords = chunking` for an upstream without BDAT.
     pub fn start_with(extra_main_cf: &str) -> Postfix {
+        Self::start_with_files(extra_main_cf, &[])
+    }
+
+    /// Like [`start_with`](Self::start_with), and first writes `files` (path relative to the
+    /// instance's temporary directory, contents) there, e.g. a TLS certificate and key.
+    /// `@DIR@` in `extra_main_cf` stands for that directory.
+    pub fn start_with_files(extra_main_cf: &str, files: &[(&str, &[u8])]) -> Postfix {
         let postfix_bin = super::find_program("postfix").unwrap_or_else(|| {
             panic!(
                 "the `postfix` program is not installed; these tests need a real Postfix: \
@@ -57,7 +64,7 @@ impl Postfix {
         let mut last_error = String::new();
         // A port picked by the kernel can be taken again before Postfix binds it: retry.
         for _attempt in 0..3 {
-            match Self::try_start(&postfix_bin, extra_main_cf) {
+            match Self::try_start(&postfix_bin, extra_main_cf, files) {
                 Ok(p) => return p,
                 Err(e) => last_error = e,
             }
@@ -65,7 +72,11 @@ impl Postfix {
         panic!("could not start a private Postfix instance:\n{last_error}");
     }
 
-    fn try_start(postfix_bin: &Path, extra_main_cf: &str) -> Result<Postfix, String> {
+    fn try_start(
+        postfix_bin: &Path,
+        extra_main_cf: &str,
+        files: &[(&str, &[u8])],
+    ) -> Result<Postfix, String> {
         let dir = tempfile::Builder::new()
             .prefix("mailwarden-postfix-")
             .tempdir()
@@ -91,6 +102,14 @@ impl Postfix {
             let _ = writeln!(users, "{u} sink/");
         }
         std::fs::write(conf.join("vmailbox"), users).map_err(|e| format!("vmailbox: {e}"))?;
+        for (name, contents) in files {
+            let path = base.join(name);
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent).map_err(|e| format!("mkdir {parent:?}: {e}"))?;
+            }
+            std::fs::write(&path, contents).map_err(|e| format!("write {path:?}: {e}"))?;
+        }
+        let extra_main_cf = extra_main_cf.replace("@DIR@", &base.display().to_string());
         let main = format!("{}{extra_main_cf}\n", main_cf(&base, uid, gid));
         std::fs::write(conf.join("main.cf"), main).map_err(|e| format!("main.cf: {e}"))?;
         std::fs::write(conf.join("master.cf"), master_cf(port))
@@ -489,6 +508,9 @@ fn master_cf(port: u16) -> String {
         "lmtp unix - - n - - lmtp".into(),
         "anvil unix - - n - 1 anvil".into(),
         "scache unix - - n - 1 scache".into(),
+        // smtpd gets TLS entropy (and its session cache) from tlsmgr: without it an instance
+        // with a certificate still offers STARTTLS but answers it with 454.
+        "tlsmgr unix - - n 1000? 1 tlsmgr".into(),
         "postlog unix-dgram n - n - 1 postlogd".into(),
     ];
     let mut out = String::from("# Private test instance (written by tests/support/postfix.rs)\n");

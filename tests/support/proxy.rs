@@ -18,7 +18,22 @@ pub struct Proxy {
     log: Arc<Mutex<String>>,
     config: String,
     config_path: PathBuf,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
+}
+
+/// How the binary finds its config file.
+enum Launch {
+    /// `mailwarden serve --config <dir>/mailwarden.toml`.
+    ConfigFlag,
+    /// `mailwarden serve` with the working directory `<dir>` (the default `mailwarden.toml`).
+    WorkingDir,
+}
+
+fn new_dir() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("mailwarden-proxy-")
+        .tempdir()
+        .expect("create a temp dir for the proxy config")
 }
 
 impl Proxy {
@@ -29,14 +44,45 @@ impl Proxy {
     /// prepended when `body` has none). `@LISTEN@` in `body` is replaced by the listen array
     /// instead, for a test that wants to place it itself.
     pub fn start(body: &str) -> Proxy {
-        let config = Self::complete_config(body);
-        let dir = tempfile::Builder::new()
-            .prefix("mailwarden-proxy-")
-            .tempdir()
-            .expect("create a temp dir for the proxy config");
+        Self::start_with_files(body, &[])
+    }
+
+    /// Like [`start`](Self::start), and first writes `files` (path relative to the proxy's
+    /// temporary directory, contents) there, e.g. a certificate for `[tls]`. `@DIR@` in
+    /// `body` stands for that directory (escaped for use inside a TOML string), so a test
+    /// can point `[tls]` or a `maildir:` URL into it; see [`dir`](Self::dir).
+    pub fn start_with_files(body: &str, files: &[(&str, &[u8])]) -> Proxy {
+        let dir = new_dir();
+        for (name, contents) in files {
+            let path = dir.path().join(name);
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent)
+                    .unwrap_or_else(|e| panic!("create {parent:?}: {e}"));
+            }
+            std::fs::write(&path, contents).unwrap_or_else(|e| panic!("write {path:?}: {e}"));
+        }
+        let dir_in_toml = dir
+            .path()
+            .display()
+            .to_string()
+            .replace('\\', "\\\\")
+            .replace('"', "\\\"");
+        let config = Self::complete_config(&body.replace("@DIR@", &dir_in_toml));
         let config_path = dir.path().join("mailwarden.toml");
         std::fs::write(&config_path, &config).expect("write the proxy config file");
-        Self::spawn(config, config_path, dir)
+        Self::spawn(config, config_path, dir, Launch::ConfigFlag).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Runs the proxy the way the README's first command does: `config` is written
+    /// *verbatim* (no listener rewriting: it must listen on a port the test picked) as
+    /// `mailwarden.toml` in a fresh temporary directory, and `mailwarden serve` runs with
+    /// that directory as its working directory and no `--config` flag. An error (e.g. the
+    /// port was taken meanwhile) is returned, with the proxy's log, for the test to retry.
+    pub fn try_start_in_working_dir(config: &str) -> Result<Proxy, String> {
+        let dir = new_dir();
+        let config_path = dir.path().join("mailwarden.toml");
+        std::fs::write(&config_path, config).expect("write the proxy config file");
+        Self::spawn(config.to_string(), config_path, dir, Launch::WorkingDir)
     }
 
     /// A config for an upstream URL, with extra lines for `[server]` and `[upstream]`.
@@ -85,20 +131,32 @@ impl Proxy {
         out
     }
 
-    fn spawn(config: String, config_path: PathBuf, dir: tempfile::TempDir) -> Proxy {
+    fn spawn(
+        config: String,
+        config_path: PathBuf,
+        dir: tempfile::TempDir,
+        launch: Launch,
+    ) -> Result<Proxy, String> {
         let bin = env!("CARGO_BIN_EXE_mailwarden");
         let rust_log = std::env::var("MAILWARDEN_TEST_LOG").unwrap_or_else(|_| "info".into());
-        let mut child = Command::new(bin)
-            .arg("serve")
-            .arg("--config")
-            .arg(&config_path)
+        let mut command = Command::new(bin);
+        command.arg("serve");
+        match launch {
+            Launch::ConfigFlag => {
+                command.arg("--config").arg(&config_path);
+            }
+            Launch::WorkingDir => {
+                command.current_dir(dir.path());
+            }
+        }
+        let mut child = command
             .env("RUST_LOG", rust_log)
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .unwrap_or_else(|e| panic!("spawn {bin} serve --config {config_path:?}: {e}"));
+            .unwrap_or_else(|e| panic!("spawn {command:?}: {e}"));
 
         let log = Arc::new(Mutex::new(String::new()));
         let (tx, rx) = mpsc::channel::<Option<SocketAddr>>();
@@ -122,19 +180,19 @@ impl Proxy {
                     }
                     _ => format!("no 'listening on' line within {START_TIMEOUT:?}"),
                 };
-                panic!(
+                return Err(format!(
                     "mailwarden did not start: {why}\n--- config ---\n{config}\n--- log ---\n{log}"
-                );
+                ));
             }
         };
-        Proxy {
+        Ok(Proxy {
             child,
             addr,
             log,
             config,
             config_path,
-            _dir: dir,
-        }
+            dir,
+        })
     }
 
     /// The client-facing listener address.
@@ -154,6 +212,12 @@ impl Proxy {
 
     pub fn config_path(&self) -> &Path {
         &self.config_path
+    }
+
+    /// The proxy's temporary directory (config file, `files`, and whatever `@DIR@` in the
+    /// config points at, e.g. a Maildir).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
     }
 
     /// True while the child process is still running.
