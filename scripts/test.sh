@@ -2,9 +2,11 @@
 # Runs mailwarden's checks: rustfmt, clippy (warnings are errors) and every test target.
 #
 # The integration tests drive real programs: a private Postfix instance per test (never
-# the system one: tests run `postfix -c <tempdir>`) and swaks. This script installs them
-# from Debian when they are missing (needs root), leaving the system Postfix unconfigured
-# ("No configuration"), so nothing on the machine starts receiving mail.
+# the system one: tests run `postfix -c <tempdir>`) and swaks; the rules engine is checked
+# against SpamAssassin's stock rule files (package spamassassin, read where Debian installs
+# them). This script installs these packages from Debian when they are missing (needs root),
+# leaving the system Postfix unconfigured ("No configuration"), so nothing on the machine
+# starts receiving mail.
 #
 # Usage: scripts/test.sh [extra `cargo test` arguments, e.g. -- --nocapture]
 # Works from any directory.
@@ -21,6 +23,8 @@ have postfix || missing+=(postfix)
 have postconf || missing+=(postfix)
 have swaks || missing+=(swaks)
 have script || missing+=(bsdutils)
+# SpamAssassin's stock rules are read at test time (compatibility test), never copied here.
+[ -d /usr/share/spamassassin ] || missing+=(spamassassin)
 getent passwd postfix >/dev/null 2>&1 || missing+=(postfix)
 
 if [ "${#missing[@]}" -gt 0 ]; then

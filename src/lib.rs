@@ -4,6 +4,7 @@
 //! `server` (listeners, limits, shutdown) → `smtp` (the session with the client) →
 //! `filter` (the verdict) → `relay` (the upstream MTA, or the embedded Maildir).
 
+pub mod cli;
 pub mod config;
 pub mod envelope;
 pub mod filter;

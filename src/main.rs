@@ -1,9 +1,11 @@
 //! The `mailwarden` command: thin wrapper over the library.
 
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use mailwarden::cli;
 use mailwarden::config::Config;
 use tracing_subscriber::EnvFilter;
 
@@ -26,12 +28,93 @@ enum Commands {
         #[arg(long, short = 'c', default_value = "mailwarden.toml")]
         config: PathBuf,
     },
+    /// Show the verdict for message files (or standard input with "-"), as the proxy would.
+    /// Exit code: 0 accept, 1 tag, 2 reject or other refusal, 3 error.
+    Scan {
+        /// Configuration file (default: mailwarden.toml if present, else built-in defaults).
+        #[arg(long, short = 'c')]
+        config: Option<PathBuf>,
+        /// One JSON object per message.
+        #[arg(long)]
+        json: bool,
+        /// List every rule that hit, with score and description.
+        #[arg(long)]
+        explain: bool,
+        /// Client IP address (for allow/deny lists and sender checks).
+        #[arg(long)]
+        ip: Option<IpAddr>,
+        /// Client HELO name.
+        #[arg(long)]
+        helo: Option<String>,
+        /// Envelope sender (MAIL FROM).
+        #[arg(long)]
+        from: Option<String>,
+        /// Envelope recipient (RCPT TO); repeat for several. Chooses per-domain policy.
+        #[arg(long)]
+        rcpt: Vec<String>,
+        /// Message files; "-" reads standard input.
+        files: Vec<PathBuf>,
+    },
+    /// Rule file tools.
+    Rules {
+        #[command(subcommand)]
+        command: RulesCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum RulesCommand {
+    /// Compile the rules and print errors and warnings with file:line; exit 1 on any error.
+    Check {
+        /// Configuration file (default: mailwarden.toml if present, else built-in defaults).
+        #[arg(long, short = 'c')]
+        config: Option<PathBuf>,
+        /// Also list every skipped rule.
+        #[arg(long, short = 'v')]
+        verbose: bool,
+        /// Rule files or directories (default: rules.paths from the config).
+        paths: Vec<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Commands::Serve { config } => serve(&config),
+        Commands::Scan {
+            config,
+            json,
+            explain,
+            ip,
+            helo,
+            from,
+            rcpt,
+            files,
+        } => {
+            init_logging("warn");
+            let opts = cli::scan::ScanOptions {
+                config,
+                json,
+                explain,
+                ip,
+                helo,
+                from,
+                rcpt,
+                files,
+            };
+            ExitCode::from(cli::scan::run(&opts))
+        }
+        Commands::Rules {
+            command:
+                RulesCommand::Check {
+                    config,
+                    verbose,
+                    paths,
+                },
+        } => {
+            init_logging("warn");
+            ExitCode::from(cli::rules::check(config.as_deref(), &paths, verbose))
+        }
     }
 }
 

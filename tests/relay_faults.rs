@@ -162,8 +162,10 @@ fn assert_invariant(fake: &FakeUpstream, attempts: &[&Attempt], sent: &[u8]) {
     }
 }
 
-/// `body` must be one `Received: from ... (mailwarden) ...` header followed by `sent`.
+/// `body` must be the filter's result headers (X-Spam-*), then one
+/// `Received: from ... (mailwarden) ...` header, then exactly `sent`.
 fn assert_relayed_unchanged(body: &[u8], sent: &[u8]) {
+    let body = skip_result_headers(body);
     assert!(
         body.starts_with(b"Received: from "),
         "upstream message does not start with the proxy's Received header:\n{}",
@@ -193,6 +195,26 @@ fn assert_relayed_unchanged(body: &[u8], sent: &[u8]) {
         show(sent),
         show(&body[end..])
     );
+}
+
+/// Skips leading X-Spam-* fields (with their continuation lines).
+fn skip_result_headers(mut body: &[u8]) -> &[u8] {
+    while messages::PROXY_RESULT_HEADERS.iter().any(|h| {
+        body.len() > h.len()
+            && body[..h.len()].eq_ignore_ascii_case(h.as_bytes())
+            && body[h.len()] == b':'
+    }) {
+        loop {
+            let Some(n) = body.windows(2).position(|w| w == b"\r\n") else {
+                return body;
+            };
+            body = &body[n + 2..];
+            if !matches!(body.first(), Some(b' ') | Some(b'\t')) {
+                break;
+            }
+        }
+    }
+    body
 }
 
 fn message(id: &str) -> Vec<u8> {

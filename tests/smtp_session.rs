@@ -481,6 +481,19 @@ impl Delivered {
             .unwrap_or_else(|| panic!("no line in {:?}", show(raw)));
         let return_path = String::from_utf8_lossy(&raw[..first]).to_string();
         let mut at = first + 1;
+        // The filter's result headers (X-Spam-*) come first; our Received header is the
+        // last field we add, right above the message as the client sent it.
+        while raw[at..].starts_with(b"X-Spam-") {
+            loop {
+                at = raw[at..]
+                    .iter()
+                    .position(|&b| b == b'\n')
+                    .map_or(raw.len(), |n| at + n + 1);
+                if at >= raw.len() || !matches!(raw[at], b'\t' | b' ') {
+                    break;
+                }
+            }
+        }
         assert!(
             raw[at..].starts_with(b"Received: "),
             "no Received header after Return-Path in {:?}",

@@ -1,58 +1,437 @@
 //! The filter: one verdict per message from the checks that look at it.
 //!
 //! The SMTP session hands over the envelope and the decoded message once the client has sent
-//! its end of data, and relays nothing until the verdict is in. The checks themselves (spam
-//! rules, sender verification, virus scanning) plug in here; the session does not know what a
-//! rule is, and the filter does not know what a socket is.
+//! its end of data, and relays nothing until the verdict is in. The session does not know what
+//! a rule is, and the filter does not know what a socket is.
+//!
+//! A scan: allow/deny lists → parse the message once → rules (off the async reactor, within a
+//! time budget) → score → policy → action and header edits. The rule set and policy live in
+//! one `Engine` that reloads swap atomically; a scan keeps the engine it started with.
 
 pub mod headers;
 pub mod message;
 pub mod policy;
+pub mod quarantine;
+pub mod reload;
+pub mod rules;
 
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use arc_swap::ArcSwap;
+use serde_json::json;
+use tokio::sync::Semaphore;
+
+use crate::config::{Action as PolicyAction, Config, PolicyConfig, RulesConfig};
 use crate::envelope::Envelope;
 use crate::smtp::reply::Reply;
+use headers::{HeaderEdits, SPAM_HEADERS};
+use message::Message;
+use policy::{Decision, Policy};
+use quarantine::Quarantine;
+use rules::{LoadOptions, LoadReport, RuleSet};
 
-/// What to do with a message.
+/// What the session does with a message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
-    /// Relay it upstream (with `Verdict::add_headers`).
+    /// Relay it upstream with `Verdict::edits` applied.
     Accept,
-    /// Refuse it permanently with this 5xx reply.
+    /// Refuse it permanently with this 5xx reply; the upstream never sees it.
     Reject(Reply),
     /// Refuse it for now with this 4xx reply; the client retries later.
     TempFail(Reply),
+    /// The filter kept it (quarantine) or dropped it (discard), durably: give this 2xx reply
+    /// and abort the upstream transaction.
+    Drop(Reply),
 }
 
 /// The filter's decision for one message.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Verdict {
     pub action: Action,
-    /// Header fields to prepend, each a complete field without its final CRLF
-    /// (`Name: value`, continuation lines joined with CRLF + whitespace).
-    pub add_headers: Vec<String>,
+    /// Header changes for a relayed message.
+    pub edits: HeaderEdits,
+    /// For the log line: action, score and the rules that hit.
+    pub summary: String,
 }
 
 impl Verdict {
     pub fn accept() -> Verdict {
         Verdict {
             action: Action::Accept,
-            add_headers: Vec::new(),
+            edits: HeaderEdits::default(),
+            summary: "action=accept".to_string(),
         }
     }
 }
 
-/// The configured set of checks. No check is configured yet, so every message is accepted
-/// unchanged; later checks add to the verdict here.
-#[derive(Debug, Default)]
-pub struct Filter {}
+/// One rule symbol that counted.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Symbol {
+    pub name: String,
+    pub score: f64,
+    pub description: String,
+}
 
-impl Filter {
-    pub fn new() -> Filter {
-        Filter {}
+/// The result of scanning one message.
+#[derive(Debug, Clone)]
+pub struct Scan {
+    pub symbols: Vec<Symbol>,
+    pub score: f64,
+    pub decision: Decision,
+    pub timed_out: bool,
+    pub elapsed: Duration,
+}
+
+impl Scan {
+    pub fn symbols_json(&self) -> serde_json::Value {
+        self.symbols
+            .iter()
+            .map(
+                |s| json!({"name": s.name, "score": round2(s.score), "description": s.description}),
+            )
+            .collect()
     }
 
-    /// Decides what to do with `message` (canonical CRLF, as the client sent it).
-    pub async fn check(&self, _envelope: &Envelope, _message: &[u8]) -> Verdict {
-        Verdict::accept()
+    pub fn hit_names(&self) -> Vec<&str> {
+        self.symbols.iter().map(|s| s.name.as_str()).collect()
+    }
+}
+
+fn round2(x: f64) -> f64 {
+    (x * 100.0).round() / 100.0
+}
+
+/// Who sent a message, as far as the policy cares.
+#[derive(Debug, Clone, Default)]
+pub struct ScanContext {
+    pub ip: Option<IpAddr>,
+    pub helo: Option<String>,
+    pub from: String,
+    pub recipients: Vec<String>,
+}
+
+/// Symbols the filter sets itself.
+pub const SYMBOL_MIME_MALFORMED: &str = "MIME_MALFORMED";
+pub const SYMBOL_SCAN_TIMEOUT: &str = "SCAN_TIMEOUT";
+pub const SYMBOL_ALLOWLIST: &str = "MW_ALLOWLIST";
+pub const SYMBOL_DENYLIST: &str = "MW_DENYLIST";
+
+/// The swappable part: a compiled rule set and the policy with its lists.
+pub struct Engine {
+    pub rules: RuleSet,
+    pub policy: Policy,
+}
+
+impl Engine {
+    /// Loads rules and lists; errors are file:line lines for the admin.
+    pub fn load(rules: &RulesConfig, policy: &PolicyConfig) -> Result<Engine, Vec<String>> {
+        let options = LoadOptions {
+            score_set: rules.score_set,
+            ..LoadOptions::default()
+        };
+        // The default `rules` directory may be absent (the binary run from elsewhere than
+        // the source tree): then no rules run, loudly. A path the admin wrote must exist.
+        let default_paths = RulesConfig::default().paths;
+        let paths: Vec<PathBuf> = if rules.paths == default_paths
+            && rules.paths.iter().all(|p| !p.exists())
+        {
+            tracing::warn!(
+                "no rules loaded: the default rules directory ./rules does not exist here; set [rules] paths in the config (every message scores 0 until then)"
+            );
+            Vec::new()
+        } else {
+            rules.paths.clone()
+        };
+        let set = RuleSet::load(&paths, &options).map_err(|report| {
+            report
+                .errors
+                .iter()
+                .map(|d| d.to_string())
+                .collect::<Vec<_>>()
+        })?;
+        let policy = Policy::new(policy.clone()).map_err(|e| vec![e])?;
+        Ok(Engine { rules: set, policy })
+    }
+
+    /// Scans one message. Blocking (CPU-bound): call it off the async reactor.
+    pub fn scan(&self, raw: Vec<u8>, ctx: &ScanContext, budget: Duration) -> Scan {
+        let started = Instant::now();
+        let symbol = |name: &str| Symbol {
+            name: name.to_string(),
+            score: self.rules.score(name).unwrap_or(0.0),
+            description: self.rules.description(name).unwrap_or_default().to_string(),
+        };
+        if let Some((action, reason)) = self.policy.check_lists(ctx.ip, &ctx.from) {
+            let name = if action == PolicyAction::Accept {
+                SYMBOL_ALLOWLIST
+            } else {
+                SYMBOL_DENYLIST
+            };
+            let decision = Decision {
+                action,
+                score: 0.0,
+                required: self.policy.config.tag_score,
+                reason,
+                forced_by: Vec::new(),
+                subject_prefix: None,
+            };
+            return Scan {
+                symbols: vec![symbol(name)],
+                score: 0.0,
+                decision,
+                timed_out: false,
+                elapsed: started.elapsed(),
+            };
+        }
+        let message = Message::parse(raw);
+        let mut preset: Vec<&str> = Vec::new();
+        if !message.problems().is_empty() {
+            preset.push(SYMBOL_MIME_MALFORMED);
+        }
+        let evaluation = self
+            .rules
+            .evaluate(&message, &preset, Some(started + budget));
+        let mut symbols: Vec<Symbol> = evaluation
+            .hits
+            .iter()
+            .map(|h| Symbol {
+                name: h.name.clone(),
+                score: h.score,
+                description: h.description.clone(),
+            })
+            .collect();
+        if evaluation.timed_out {
+            symbols.push(symbol(SYMBOL_SCAN_TIMEOUT));
+        }
+        // `+ 0.0` turns the empty sum (-0.0) into 0.0.
+        let score = round2(symbols.iter().map(|s| s.score).sum::<f64>() + 0.0);
+        let names: Vec<&str> = symbols.iter().map(|s| s.name.as_str()).collect();
+        let decision = self.policy.decide(score, &names, &ctx.recipients);
+        Scan {
+            symbols,
+            score,
+            decision,
+            timed_out: evaluation.timed_out,
+            elapsed: started.elapsed(),
+        }
+    }
+}
+
+/// The state of the last (re)load, for logs, `/readyz` and metrics.
+#[derive(Debug, Clone)]
+pub struct LoadStatus {
+    pub at: SystemTime,
+    pub ok: bool,
+    pub rules: usize,
+    pub skipped: usize,
+    pub errors: Vec<String>,
+}
+
+/// The configured checks, shared by all sessions.
+pub struct Filter {
+    engine: ArcSwap<Engine>,
+    rules_config: RulesConfig,
+    policy_config: PolicyConfig,
+    quarantine: Option<Quarantine>,
+    /// Bounds concurrent scans to the CPU count, so a burst queues instead of thrashing.
+    scan_slots: Semaphore,
+    status: Mutex<LoadStatus>,
+}
+
+impl Filter {
+    /// Loads the rules and lists named in the config; errors are fatal at start-up.
+    pub fn load(config: &Config) -> Result<Filter, Vec<String>> {
+        let engine = Engine::load(&config.rules, &config.policy)?;
+        let status = status_of(&engine.rules);
+        let quarantine = (!config.policy.quarantine_dir.is_empty())
+            .then(|| Quarantine::new(std::path::Path::new(&config.policy.quarantine_dir)));
+        let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
+        Ok(Filter {
+            engine: ArcSwap::from_pointee(engine),
+            rules_config: config.rules.clone(),
+            policy_config: config.policy.clone(),
+            quarantine,
+            scan_slots: Semaphore::new(cpus),
+            status: Mutex::new(status),
+        })
+    }
+
+    /// The engine in use now.
+    pub fn engine(&self) -> Arc<Engine> {
+        self.engine.load_full()
+    }
+
+    pub fn status(&self) -> LoadStatus {
+        self.status
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Files whose change should trigger a reload: rule paths and list files.
+    pub fn watched_paths(&self) -> Vec<PathBuf> {
+        let mut paths = self.rules_config.paths.clone();
+        for list in [&self.policy_config.allowlist, &self.policy_config.denylist] {
+            if !list.is_empty() {
+                paths.push(PathBuf::from(list));
+            }
+        }
+        paths
+    }
+
+    /// Rebuilds the engine from the files and swaps it in; on error the old one keeps
+    /// running. Blocking.
+    pub fn reload(&self) -> Result<LoadStatus, LoadStatus> {
+        let result = Engine::load(&self.rules_config, &self.policy_config);
+        let mut status = self.status.lock().unwrap_or_else(|p| p.into_inner());
+        match result {
+            Ok(engine) => {
+                *status = status_of(&engine.rules);
+                self.engine.store(Arc::new(engine));
+                Ok(status.clone())
+            }
+            Err(errors) => {
+                status.at = SystemTime::now();
+                status.ok = false;
+                status.errors = errors;
+                Err(status.clone())
+            }
+        }
+    }
+
+    /// Scans a message for the proxy and turns the decision into a verdict.
+    pub async fn check(&self, envelope: &Envelope, message: &[u8]) -> Verdict {
+        let ctx = ScanContext {
+            ip: Some(envelope.client.addr.ip()),
+            helo: envelope.client.helo.clone(),
+            from: envelope.mail_from.address.clone(),
+            recipients: envelope
+                .recipients
+                .iter()
+                .map(|r| r.address.clone())
+                .collect(),
+        };
+        let engine = self.engine();
+        let budget = Duration::from_millis(self.rules_config.scan_timeout_ms);
+        let raw = message.to_vec();
+        let _slot = self.scan_slots.acquire().await;
+        let scan = match tokio::task::spawn_blocking(move || engine.scan(raw, &ctx, budget)).await {
+            Ok(scan) => scan,
+            Err(e) => {
+                tracing::error!(id = %envelope.id, error = %e, "scan failed; message deferred");
+                return Verdict {
+                    action: Action::TempFail(crate::smtp::reply::local_error()),
+                    edits: HeaderEdits::default(),
+                    summary: "action=tempfail scan-failed".into(),
+                };
+            }
+        };
+        self.verdict(envelope, message, scan).await
+    }
+
+    async fn verdict(&self, envelope: &Envelope, message: &[u8], scan: Scan) -> Verdict {
+        let d = &scan.decision;
+        let names = scan.hit_names();
+        let summary = format!(
+            "action={} score={:.1} required={:.1} reason=\"{}\" tests={}{}",
+            d.action.as_str(),
+            scan.score,
+            d.required,
+            d.reason,
+            if names.is_empty() {
+                "none".to_string()
+            } else {
+                names.join(",")
+            },
+            if scan.timed_out { " scan-timeout" } else { "" }
+        );
+        let refusal_text = |what: &str| {
+            let mut text = format!("{what} ({})", d.reason);
+            if !self.policy_config.reveal_rules {
+                // The reason may name a rule ("rule GTUBE forces reject"): keep it to the log.
+                text = match d.action {
+                    PolicyAction::Reject if !d.forced_by.is_empty() => {
+                        format!("{what} (content policy)")
+                    }
+                    _ => text,
+                };
+            } else if !names.is_empty() {
+                text.push_str(&format!("; rules: {}", names.join(",")));
+            }
+            text
+        };
+        let action = match d.action {
+            PolicyAction::Accept | PolicyAction::Tag => Action::Accept,
+            PolicyAction::Reject => {
+                if let Err(e) = self.quarantine_copy(envelope, message, &scan).await {
+                    tracing::warn!(id = %envelope.id, error = %e, "could not keep a copy of the rejected message");
+                }
+                Action::Reject(Reply::new(
+                    550,
+                    "5.7.1",
+                    refusal_text("Message rejected as spam"),
+                ))
+            }
+            PolicyAction::Tempfail => Action::TempFail(Reply::new(
+                451,
+                "4.7.1",
+                refusal_text("Message deferred by policy, try again later"),
+            )),
+            PolicyAction::Quarantine => {
+                match self.quarantine_copy(envelope, message, &scan).await {
+                    Ok(true) => Action::Drop(crate::smtp::reply::accepted(&envelope.id)),
+                    Ok(false) | Err(_) => {
+                        tracing::error!(id = %envelope.id, "quarantine unavailable; message deferred");
+                        Action::TempFail(crate::smtp::reply::local_error())
+                    }
+                }
+            }
+            PolicyAction::Discard => Action::Drop(crate::smtp::reply::accepted(&envelope.id)),
+        };
+        let edits = HeaderEdits {
+            remove: SPAM_HEADERS.iter().map(|s| s.to_string()).collect(),
+            add: headers::spam_headers(d, &names),
+            subject_prefix: d.subject_prefix.clone(),
+        };
+        Verdict {
+            action,
+            edits,
+            summary,
+        }
+    }
+
+    /// Keeps a copy in the quarantine directory, if one is configured. Ok(false): none is.
+    async fn quarantine_copy(
+        &self,
+        envelope: &Envelope,
+        message: &[u8],
+        scan: &Scan,
+    ) -> std::io::Result<bool> {
+        let Some(q) = &self.quarantine else {
+            return Ok(false);
+        };
+        let dir = q.dir().to_path_buf();
+        let (envelope, message, scan) = (envelope.clone(), message.to_vec(), scan.clone());
+        tokio::task::spawn_blocking(move || Quarantine::new(&dir).store(&envelope, &message, &scan))
+            .await
+            .map_err(std::io::Error::other)?
+            .map(|path| {
+                tracing::info!(file = %path.display(), "message kept in quarantine");
+                true
+            })
+    }
+}
+
+fn status_of(rules: &RuleSet) -> LoadStatus {
+    let report: &LoadReport = rules.report();
+    LoadStatus {
+        at: SystemTime::now(),
+        ok: true,
+        rules: report.rules,
+        skipped: report.skipped.len(),
+        errors: Vec::new(),
     }
 }

@@ -34,7 +34,7 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 pub struct Services {
     pub config: Config,
     pub relay: Arc<Relay>,
-    pub filter: Filter,
+    pub filter: Arc<Filter>,
     pub tls: Option<TlsAcceptor>,
 }
 
@@ -64,10 +64,16 @@ impl Services {
             }
         };
         let tls = config.tls.as_ref().map(tls::acceptor).transpose()?;
+        let filter = Filter::load(&config).map_err(|errors| {
+            anyhow::anyhow!(
+                "the rules do not load (`mailwarden rules check` shows every problem):\n  {}",
+                errors.join("\n  ")
+            )
+        })?;
         Ok(Services {
             config,
             relay: Arc::new(relay),
-            filter: Filter::new(),
+            filter: Arc::new(filter),
             tls,
         })
     }
@@ -145,6 +151,13 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         "mailwarden {} ready",
         env!("CARGO_PKG_VERSION")
     );
+    let status = services.filter.status();
+    tracing::info!(
+        rules = status.rules,
+        skipped = status.skipped,
+        "rules loaded"
+    );
+    crate::filter::reload::spawn(services.filter.clone(), services.config.rules.watch);
     if let Relay::Smtp(smtp) = &*services.relay {
         tokio::spawn(probe_upstream(smtp.settings.clone()));
     }

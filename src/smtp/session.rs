@@ -20,7 +20,7 @@ use super::data::{DataDecoder, Problem};
 use super::reply::{self, Reply};
 use crate::config::BareNewline;
 use crate::envelope::{ClientInfo, Envelope};
-use crate::filter::Action;
+use crate::filter::{Action, headers};
 use crate::relay::RelaySession;
 use crate::relay::received::{now_rfc5322, received_header};
 use crate::server::Services;
@@ -409,23 +409,22 @@ impl Session {
             recipients: txn.recipients,
         };
         let verdict = self.services.filter.check(&envelope, &message).await;
-        let r = match verdict.action {
+        let kept = matches!(verdict.action, Action::Drop(_));
+        let r = match verdict.action.clone() {
             Action::Accept => {
+                let mut edits = verdict.edits.clone();
                 let received = received_header(
                     &envelope,
                     &self.services.config.server.hostname,
                     &now_rfc5322(),
                 );
-                let extra: usize = verdict.add_headers.iter().map(|h| h.len() + 2).sum();
-                let mut full = Vec::with_capacity(received.len() + 2 + extra + message.len());
-                for header in std::iter::once(&received).chain(&verdict.add_headers) {
-                    full.extend_from_slice(header.as_bytes());
-                    full.extend_from_slice(b"\r\n");
-                }
-                full.extend_from_slice(&message);
+                // Our Received goes right above the message as the client sent it, below
+                // the filter's result headers: everything after it is the client's bytes.
+                edits.add.push(received);
+                let full = headers::apply(&message, &edits);
                 self.relay.data(&envelope, full).await
             }
-            Action::Reject(r) | Action::TempFail(r) => {
+            Action::Reject(r) | Action::TempFail(r) | Action::Drop(r) => {
                 self.relay.rset().await;
                 r
             }
@@ -436,9 +435,16 @@ impl Session {
             from = %envelope.mail_from.address,
             rcpts = envelope.recipients.len(),
             size = message.len(),
+            verdict = %verdict.summary,
             reply = %r,
             "message {}",
-            if r.is_positive() { "relayed" } else { "refused" }
+            if !r.is_positive() {
+                "refused"
+            } else if kept {
+                "kept (not relayed)"
+            } else {
+                "relayed"
+            }
         );
         self.conn.reply(&r);
         Next::Continue

@@ -180,6 +180,14 @@ pub fn strip_postfix_added(raw: &[u8]) -> Result<(Vec<String>, Vec<u8>), String>
 }
 
 /// Checks that `fields` are only headers Postfix adds, with exactly one Received.
+/// The filter's result headers, which the proxy adds above its own Received header.
+pub const PROXY_RESULT_HEADERS: [&str; 4] = [
+    "X-Spam-Flag",
+    "X-Spam-Score",
+    "X-Spam-Level",
+    "X-Spam-Status",
+];
+
 pub fn check_postfix_added(fields: &[String]) -> Result<(), String> {
     let names: Vec<&str> = fields
         .iter()
@@ -187,7 +195,12 @@ pub fn check_postfix_added(fields: &[String]) -> Result<(), String> {
         .collect();
     let unexpected: Vec<&&str> = names
         .iter()
-        .filter(|n| !POSTFIX_ADDED.iter().any(|p| p.eq_ignore_ascii_case(n)))
+        .filter(|n| {
+            !POSTFIX_ADDED.iter().any(|p| p.eq_ignore_ascii_case(n))
+                && !PROXY_RESULT_HEADERS
+                    .iter()
+                    .any(|p| p.eq_ignore_ascii_case(n))
+        })
         .collect();
     let received = names
         .iter()

@@ -1,0 +1,142 @@
+//! `mailwarden scan [--json] [--explain] [--ip A --helo H --from S --rcpt R] FILE... | -`:
+//! the verdict the proxy would give each message, without sending anything anywhere.
+//!
+//! Exit code: 0 all accepted, 1 some tagged, 2 some refused (reject, tempfail, quarantine,
+//! discard), 3 an error (unreadable file, broken rules).
+
+use std::io::Read;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::config::Action;
+use crate::filter::{Engine, Scan, ScanContext};
+
+/// Options of one `scan` run.
+#[derive(Debug, Clone, Default)]
+pub struct ScanOptions {
+    pub config: Option<PathBuf>,
+    pub json: bool,
+    pub explain: bool,
+    pub ip: Option<IpAddr>,
+    pub helo: Option<String>,
+    pub from: Option<String>,
+    pub rcpt: Vec<String>,
+    pub files: Vec<PathBuf>,
+}
+
+/// Runs the scan; returns the process exit code.
+pub fn run(opts: &ScanOptions) -> u8 {
+    let config = match super::load_config(opts.config.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("mailwarden: configuration error: {e}");
+            return 3;
+        }
+    };
+    let engine = match Engine::load(&config.rules, &config.policy) {
+        Ok(engine) => engine,
+        Err(errors) => {
+            for e in errors {
+                eprintln!("error: {e}");
+            }
+            eprintln!(
+                "mailwarden: the rules do not load; `mailwarden rules check` shows all problems"
+            );
+            return 3;
+        }
+    };
+    let ctx = ScanContext {
+        ip: opts.ip,
+        helo: opts.helo.clone(),
+        from: opts.from.clone().unwrap_or_default(),
+        recipients: opts.rcpt.clone(),
+    };
+    let budget = Duration::from_millis(config.rules.scan_timeout_ms);
+    let files = if opts.files.is_empty() {
+        vec![PathBuf::from("-")]
+    } else {
+        opts.files.clone()
+    };
+    let mut code = 0u8;
+    for file in &files {
+        let raw = match read(file) {
+            Ok(raw) => raw,
+            Err(e) => {
+                eprintln!("mailwarden: {}: {e}", file.display());
+                code = 3;
+                continue;
+            }
+        };
+        let scan = engine.scan(raw, &ctx, budget);
+        let name = file.display().to_string();
+        if opts.json {
+            println!("{}", to_json(&name, &scan));
+        } else {
+            print_human(&name, &scan, opts.explain);
+        }
+        code = code.max(exit_code(scan.decision.action));
+    }
+    code
+}
+
+fn read(file: &Path) -> std::io::Result<Vec<u8>> {
+    let mut raw = Vec::new();
+    if file == Path::new("-") {
+        std::io::stdin().read_to_end(&mut raw)?;
+    } else {
+        raw = std::fs::read(file)?;
+    }
+    Ok(raw)
+}
+
+fn exit_code(action: Action) -> u8 {
+    match action {
+        Action::Accept => 0,
+        Action::Tag => 1,
+        _ => 2,
+    }
+}
+
+/// One JSON object per message (the fields external tools rely on: file, action, score,
+/// required, symbols[name, score, description]).
+pub fn to_json(file: &str, scan: &Scan) -> serde_json::Value {
+    json!({
+        "file": file,
+        "action": scan.decision.action.as_str(),
+        "score": scan.score,
+        "required": scan.decision.required,
+        "reason": scan.decision.reason,
+        "timed_out": scan.timed_out,
+        "elapsed_ms": (scan.elapsed.as_secs_f64() * 1000.0 * 100.0).round() / 100.0,
+        "symbols": scan.symbols_json(),
+    })
+}
+
+fn print_human(file: &str, scan: &Scan, explain: bool) {
+    let d = &scan.decision;
+    println!(
+        "{file}: {} score={:.1} required={:.1} ({}){}",
+        d.action.as_str(),
+        scan.score,
+        d.required,
+        d.reason,
+        if scan.timed_out {
+            " [scan timed out]"
+        } else {
+            ""
+        }
+    );
+    if explain {
+        let mut symbols = scan.symbols.clone();
+        symbols.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.name.cmp(&b.name)));
+        for s in &symbols {
+            println!("  {:>6.2}  {:<28} {}", s.score, s.name, s.description);
+        }
+        println!("  scanned in {:.1} ms", scan.elapsed.as_secs_f64() * 1000.0);
+    } else if !scan.symbols.is_empty() {
+        println!("  tests={}", scan.hit_names().join(","));
+    }
+}

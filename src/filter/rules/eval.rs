@@ -1,0 +1,627 @@
+//! Running a rule set over one message.
+//!
+//! Header rules see what SpamAssassin's `get()` returns: the values of every field with the
+//! name, each followed by "\n" (decoded, or `:raw`), `:addr`/`:name` one address or name per
+//! line; an absent header is the empty string (or the `[if-unset: ...]` value). Body and
+//! rawbody rules match per line, URI rules per URI, `full` on the whole message, `mimeheader`
+//! on each MIME part's header value.
+
+use std::time::Instant;
+
+use super::compile::MatchStats;
+use super::parse::{
+    AttachField, HeaderPart, HeaderSource, HeaderWhat, KeywordTarget, KeywordView, Which,
+};
+use super::{Evaluation, Hit, RuleSet, TestKind, meta};
+use crate::filter::message::{HeaderField, Message};
+
+/// Header values normalized the way SpamAssassin stores them: CRLF becomes LF.
+fn raw_value(raw: &[u8]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(raw.len() + 1);
+    let mut i = 0;
+    while i < raw.len() {
+        if raw[i] == b'\r' && raw.get(i + 1) == Some(&b'\n') {
+            i += 1;
+            continue;
+        }
+        v.push(raw[i]);
+        i += 1;
+    }
+    v
+}
+
+fn trim_start(v: &[u8]) -> &[u8] {
+    let s = v
+        .iter()
+        .position(|b| !b.is_ascii_whitespace())
+        .unwrap_or(v.len());
+    &v[s..]
+}
+
+fn field_value(f: &HeaderField, raw: bool) -> Vec<u8> {
+    if raw {
+        raw_value(trim_start(&f.raw))
+    } else {
+        f.decoded.as_bytes().to_vec()
+    }
+}
+
+/// What SpamAssassin's `get(source)` returns, joined; `None` when nothing was found.
+pub(crate) fn header_value(msg: &Message, src: &HeaderSource) -> Option<Vec<u8>> {
+    let headers = msg.headers();
+    let mut values: Vec<Vec<u8>> = match &src.what {
+        HeaderWhat::All => {
+            let mut out = Vec::new();
+            for f in headers {
+                let mut line = f.name.as_bytes().to_vec();
+                if src.raw {
+                    line.push(b':');
+                    line.extend_from_slice(&raw_value(&f.raw));
+                } else {
+                    line.extend_from_slice(b": ");
+                    line.extend_from_slice(f.decoded.as_bytes());
+                }
+                line.push(b'\n');
+                out.extend_from_slice(&line);
+            }
+            return if headers.is_empty() { None } else { Some(out) };
+        }
+        HeaderWhat::Named(name) => msg
+            .header_fields(name)
+            .map(|f| field_value(f, src.raw))
+            .collect(),
+        HeaderWhat::ToCc => msg
+            .header_fields("To")
+            .chain(msg.header_fields("Cc"))
+            .map(|f| field_value(f, src.raw))
+            .collect(),
+        HeaderWhat::MessageId => [
+            "X-Message-Id",
+            "Resent-Message-Id",
+            "X-Original-Message-ID",
+            "Message-Id",
+        ]
+        .iter()
+        .flat_map(|n| msg.header_fields(n))
+        .map(|f| field_value(f, src.raw))
+        .filter(|v| !v.is_empty())
+        .collect(),
+    };
+    if values.is_empty() {
+        return None;
+    }
+    match src.which {
+        Which::All => {}
+        Which::First => values.truncate(1),
+        Which::Last => {
+            let last = values.pop();
+            values = last.into_iter().collect();
+        }
+    }
+    match src.part {
+        HeaderPart::Value => {
+            let mut out = Vec::new();
+            for v in values {
+                out.extend_from_slice(&v);
+                out.push(b'\n');
+            }
+            Some(out)
+        }
+        HeaderPart::Addr | HeaderPart::Name => {
+            let mut items: Vec<Vec<u8>> = Vec::new();
+            for v in &values {
+                for mb in mailboxes(v) {
+                    let item = if src.part == HeaderPart::Addr {
+                        mb.addr
+                    } else {
+                        mb.name
+                    };
+                    if let Some(i) = item {
+                        items.push(i);
+                    }
+                }
+            }
+            if items.is_empty() {
+                return None;
+            }
+            Some(items.join(&b'\n'))
+        }
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Mailbox {
+    pub addr: Option<Vec<u8>>,
+    pub name: Option<Vec<u8>>,
+}
+
+/// Splits an address list into mailboxes (RFC 5322, leniently): `Name <a@b>`, `a@b (Name)`,
+/// `a@b`, groups `g: a@b, c@d;`.
+pub(crate) fn mailboxes(v: &[u8]) -> Vec<Mailbox> {
+    // split at top-level commas / group punctuation
+    let mut parts: Vec<&[u8]> = Vec::new();
+    let (mut depth_paren, mut in_quote, mut in_angle) = (0usize, false, false);
+    let mut start = 0;
+    let mut i = 0;
+    while i < v.len() {
+        let c = v[i];
+        if in_quote {
+            if c == b'\\' {
+                i += 1;
+            } else if c == b'"' {
+                in_quote = false;
+            }
+        } else if depth_paren > 0 {
+            if c == b'\\' {
+                i += 1;
+            } else if c == b'(' {
+                depth_paren += 1;
+            } else if c == b')' {
+                depth_paren -= 1;
+            }
+        } else {
+            match c {
+                b'"' => in_quote = true,
+                b'(' => depth_paren = 1,
+                b'<' => in_angle = true,
+                b'>' => in_angle = false,
+                b',' | b';' if !in_angle => {
+                    parts.push(&v[start..i]);
+                    start = i + 1;
+                }
+                b':' if !in_angle => {
+                    // group name "undisclosed-recipients:" — drop what came before
+                    start = i + 1;
+                }
+                _ => {}
+            }
+        }
+        i += 1;
+    }
+    parts.push(&v[start.min(v.len())..]);
+    parts
+        .into_iter()
+        .filter_map(|p| {
+            let p = trim(p);
+            if p.is_empty() {
+                return None;
+            }
+            Some(parse_mailbox(p))
+        })
+        .collect()
+}
+
+fn trim(s: &[u8]) -> &[u8] {
+    let a = s
+        .iter()
+        .position(|b| !b.is_ascii_whitespace())
+        .unwrap_or(s.len());
+    let b = s
+        .iter()
+        .rposition(|b| !b.is_ascii_whitespace())
+        .map_or(a, |e| e + 1);
+    &s[a..b.max(a)]
+}
+
+fn collapse_ws(s: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(s.len());
+    let mut space = false;
+    for &b in trim(s) {
+        if b.is_ascii_whitespace() {
+            space = true;
+        } else {
+            if space && !out.is_empty() {
+                out.push(b' ');
+            }
+            space = false;
+            out.push(b);
+        }
+    }
+    out
+}
+
+fn unquote(s: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(s.len());
+    let mut i = 0;
+    while i < s.len() {
+        match s[i] {
+            b'"' => {}
+            b'\\' if i + 1 < s.len() => {
+                i += 1;
+                out.push(s[i]);
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    out
+}
+
+fn parse_mailbox(p: &[u8]) -> Mailbox {
+    // Name <addr>
+    if let Some(lt) = find_unquoted(p, b'<')
+        && let Some(gt) = p[lt..].iter().position(|&b| b == b'>').map(|g| lt + g)
+    {
+        let mut addr = trim(&p[lt + 1..gt]);
+        // route: <@a,@b:user@host>
+        if addr.first() == Some(&b'@')
+            && let Some(c) = addr.iter().position(|&b| b == b':')
+        {
+            addr = &addr[c + 1..];
+        }
+        let mut name = collapse_ws(&unquote(&strip_comments(&p[..lt]).0));
+        if name.len() >= 2 && name.first() == Some(&b'\'') && name.last() == Some(&b'\'') {
+            name = name[1..name.len() - 1].to_vec();
+        }
+        return Mailbox {
+            addr: (!addr.is_empty()).then(|| addr.to_vec()),
+            name: (!name.is_empty()).then_some(name),
+        };
+    }
+    // addr (Name)
+    let (rest, comment) = strip_comments(p);
+    let addr = collapse_ws(&rest);
+    let addr: Vec<u8> = addr.into_iter().filter(|b| *b != b' ').collect();
+    let name = comment.map(|c| collapse_ws(&c)).filter(|c| !c.is_empty());
+    Mailbox {
+        addr: (!addr.is_empty() && addr.contains(&b'@')).then_some(addr),
+        name,
+    }
+}
+
+fn find_unquoted(p: &[u8], ch: u8) -> Option<usize> {
+    let mut q = false;
+    let mut i = 0;
+    while i < p.len() {
+        match p[i] {
+            b'\\' if q => i += 1,
+            b'"' => q = !q,
+            c if c == ch && !q => return Some(i),
+            _ => {}
+        }
+        i += 1;
+    }
+    None
+}
+
+/// Removes `( comments )` outside quotes; returns the rest and the first comment's text.
+fn strip_comments(p: &[u8]) -> (Vec<u8>, Option<Vec<u8>>) {
+    let mut out = Vec::with_capacity(p.len());
+    let mut first: Option<Vec<u8>> = None;
+    let mut cur = Vec::new();
+    let (mut depth, mut q) = (0usize, false);
+    let mut i = 0;
+    while i < p.len() {
+        let c = p[i];
+        if depth > 0 {
+            match c {
+                b'\\' if i + 1 < p.len() => {
+                    i += 1;
+                    cur.push(p[i]);
+                }
+                b'(' => {
+                    depth += 1;
+                    cur.push(c);
+                }
+                b')' => {
+                    depth -= 1;
+                    if depth == 0 {
+                        if first.is_none() {
+                            first = Some(std::mem::take(&mut cur));
+                        }
+                        cur.clear();
+                    } else {
+                        cur.push(c);
+                    }
+                }
+                _ => cur.push(c),
+            }
+        } else {
+            match c {
+                b'"' => {
+                    q = !q;
+                    out.push(c);
+                }
+                b'(' if !q => depth = 1,
+                _ => out.push(c),
+            }
+        }
+        i += 1;
+    }
+    (out, first)
+}
+
+impl RuleSet {
+    /// Evaluates every rule on `message`. `preset`: symbols other checks decided (they count
+    /// as hits, take part in meta rules and appear in the hits). `deadline`: no rule starts
+    /// after it; then `timed_out` is set and meta rules are not run.
+    pub fn evaluate(
+        &self,
+        message: &Message,
+        preset: &[&str],
+        deadline: Option<Instant>,
+    ) -> Evaluation {
+        let mut values = vec![0.0f64; self.names.len()];
+        let mut counts = vec![0u32; self.names.len()];
+        let mut hits: Vec<Hit> = Vec::new();
+        for &p in preset {
+            match self.ids.get(p) {
+                Some(&id) => {
+                    values[id] = values[id].max(1.0);
+                    counts[id] = counts[id].max(1);
+                }
+                None => {
+                    if !p.starts_with("__") && !hits.iter().any(|h| h.name == p) {
+                        hits.push(Hit {
+                            name: p.to_string(),
+                            score: 0.0,
+                            description: String::new(),
+                            count: 1,
+                        });
+                    }
+                }
+            }
+        }
+        let mut stats = MatchStats::default();
+        let mut rules_run = 0;
+        let mut timed_out = false;
+        let past = |d: Option<Instant>| d.is_some_and(|d| Instant::now() >= d);
+
+        // keyword rules: one pass per view
+        for (target, set) in &self.keyword_sets {
+            if past(deadline) {
+                timed_out = true;
+                break;
+            }
+            let mut seen = |slot: usize| {
+                if let Some(c) = counts.get_mut(slot)
+                    && *c == 0
+                {
+                    *c = 1;
+                    values[slot] = values[slot].max(1.0);
+                }
+            };
+            match target {
+                KeywordTarget::View(KeywordView::Body) => set.scan(message.body(), &mut seen),
+                KeywordTarget::View(KeywordView::Subject) => {
+                    for f in message.header_fields("Subject") {
+                        set.scan(f.decoded.as_bytes(), &mut seen);
+                    }
+                }
+                KeywordTarget::View(KeywordView::Uri) => {
+                    for u in message.uris() {
+                        set.scan(u.as_bytes(), &mut seen);
+                    }
+                }
+                KeywordTarget::Header(h) => {
+                    for f in message.header_fields(h) {
+                        set.scan(f.decoded.as_bytes(), &mut seen);
+                    }
+                }
+            }
+        }
+        if !timed_out {
+            rules_run += self.keyword_rules;
+        }
+
+        let mut header_cache: Vec<Option<Option<Vec<u8>>>> = vec![None; self.sources.len()];
+        let mut present: [Option<Vec<bool>>; super::LITERAL_VIEWS] = Default::default();
+        for test in &self.tests {
+            if timed_out || past(deadline) {
+                timed_out = true;
+                break;
+            }
+            rules_run += 1;
+            let max = test.max;
+            if let Some(ids) = &test.literals {
+                let view = match test.kind {
+                    TestKind::Body(_) => 0,
+                    TestKind::RawBody(_) => 1,
+                    _ => 2,
+                };
+                if let Some(index) = &self.literal_index[view] {
+                    let seen = present[view].get_or_insert_with(|| {
+                        index.present(match view {
+                            0 => message.body(),
+                            1 => message.rawbody(),
+                            _ => message.raw(),
+                        })
+                    });
+                    if !ids.iter().any(|&i| seen.get(i).copied().unwrap_or(true)) {
+                        continue;
+                    }
+                }
+            }
+            let n = match &test.kind {
+                TestKind::Header {
+                    src,
+                    neg,
+                    if_unset,
+                    m,
+                } => {
+                    let cached = match header_cache.get_mut(*src) {
+                        Some(slot) => slot.get_or_insert_with(|| {
+                            self.sources
+                                .get(*src)
+                                .and_then(|s| header_value(message, s))
+                        }),
+                        None => continue,
+                    };
+                    let text: &[u8] = match (cached.as_deref(), if_unset) {
+                        (Some(v), _) => v,
+                        (None, Some(u)) => u,
+                        (None, None) => b"",
+                    };
+                    if *neg {
+                        u32::from(m.count(text, 1, &mut stats) == 0)
+                    } else {
+                        m.count(text, max, &mut stats)
+                    }
+                }
+                TestKind::Exists { header } => {
+                    u32::from(message.header_fields(header).next().is_some())
+                }
+                TestKind::Body(m) => {
+                    let mut body = message.body();
+                    // The first line is the Subject when there is one (SpamAssassin makes
+                    // it an empty line otherwise, which matters to no rule).
+                    let has_subject = message
+                        .header_fields("Subject")
+                        .next()
+                        .is_some_and(|s| !s.decoded.is_empty());
+                    if test.nosubject && has_subject {
+                        body = match memchr::memchr(b'\n', body) {
+                            Some(i) => &body[i + 1..],
+                            None => b"",
+                        };
+                    }
+                    m.count_unfiltered(body, max, &mut stats)
+                }
+                TestKind::RawBody(m) => m.count_unfiltered(message.rawbody(), max, &mut stats),
+                TestKind::Full(m) => m.count_unfiltered(message.raw(), max, &mut stats),
+                TestKind::Uri(m) => {
+                    let mut n = 0u32;
+                    for u in message.uris() {
+                        n += m.count(u.as_bytes(), max - n, &mut stats);
+                        if n >= max {
+                            break;
+                        }
+                    }
+                    n
+                }
+                TestKind::MimeHeader {
+                    header,
+                    raw,
+                    neg,
+                    m,
+                } => {
+                    let mut n = 0u32;
+                    for f in message
+                        .mime_headers()
+                        .iter()
+                        .filter(|f| f.name.eq_ignore_ascii_case(header))
+                    {
+                        let mut v = field_value(f, *raw);
+                        v.push(b'\n');
+                        n += m.count(&v, max - n, &mut stats);
+                        if n >= max {
+                            break;
+                        }
+                    }
+                    if *neg { u32::from(n == 0) } else { n }
+                }
+                TestKind::Attachment { field, m } => {
+                    let mut n = 0u32;
+                    for a in message.attachments() {
+                        let matched = match field {
+                            AttachField::Filename => a
+                                .filename
+                                .as_deref()
+                                .is_some_and(|f| m.count(f.as_bytes(), 1, &mut stats) > 0),
+                            AttachField::Type => {
+                                m.count(a.declared_type.as_bytes(), 1, &mut stats) > 0
+                                    || a.sniffed_type
+                                        .is_some_and(|t| m.count(t.as_bytes(), 1, &mut stats) > 0)
+                            }
+                        };
+                        if matched {
+                            n += 1;
+                            if n >= max {
+                                break;
+                            }
+                        }
+                    }
+                    n
+                }
+            };
+            if n > 0
+                && let Some(c) = counts.get_mut(test.id)
+            {
+                *c = c.saturating_add(n);
+                values[test.id] = f64::from(*c);
+            }
+        }
+
+        if !timed_out {
+            for m in &self.metas {
+                rules_run += 1;
+                let v = meta::eval(&m.expr, &values);
+                if v != 0.0 && !v.is_nan() {
+                    let v = if v > 0.0 { v } else { 1.0 };
+                    values[m.id] = v;
+                    counts[m.id] = 1;
+                } else {
+                    values[m.id] = 0.0;
+                    counts[m.id] = 0;
+                }
+            }
+        }
+
+        for (id, &count) in counts.iter().enumerate() {
+            if count == 0 {
+                continue;
+            }
+            let Some(name) = self.names.get(id) else {
+                continue;
+            };
+            if name.starts_with("__") {
+                continue;
+            }
+            let one = self.scores.get(id).copied().unwrap_or(0.0);
+            let multiple = self.multiple.get(id).copied().unwrap_or(false);
+            let count = if multiple { count } else { 1 };
+            hits.push(Hit {
+                name: name.clone(),
+                score: one * f64::from(count),
+                description: self.descriptions.get(name).cloned().unwrap_or_default(),
+                count,
+            });
+        }
+        hits.sort_by(|a, b| a.name.cmp(&b.name));
+        Evaluation {
+            hits,
+            timed_out,
+            rules_run,
+            regex_errors: stats.errors,
+            fancy_runs: stats.fancy_runs,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mb(s: &str) -> Vec<(Option<String>, Option<String>)> {
+        mailboxes(s.as_bytes())
+            .into_iter()
+            .map(|m| {
+                (
+                    m.addr.map(|a| String::from_utf8_lossy(&a).into_owned()),
+                    m.name.map(|a| String::from_utf8_lossy(&a).into_owned()),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn address_lists() {
+        assert_eq!(
+            mb("\"Doe, John\" <john@example.com>"),
+            [(Some("john@example.com".into()), Some("Doe, John".into()))]
+        );
+        assert_eq!(
+            mb("a@b.c (Alice), Bob <bob@x.y>"),
+            [
+                (Some("a@b.c".into()), Some("Alice".into())),
+                (Some("bob@x.y".into()), Some("Bob".into()))
+            ]
+        );
+        assert_eq!(mb("undisclosed-recipients:;"), []);
+        assert_eq!(mb("<@route:u@h>"), [(Some("u@h".into()), None)]);
+        assert_eq!(
+            mb("'Quoted' <q@x>"),
+            [(Some("q@x".into()), Some("Quoted".into()))]
+        );
+    }
+}

@@ -1,0 +1,834 @@
+//! The rules engine: SpamAssassin `.cf` rule files, compiled once, evaluated per message.
+//!
+//! - [`parse`] reads the files (`if`/`ifplugin` sections, later definitions override earlier
+//!   ones, everything mailwarden does not run is recorded with file, line and reason);
+//! - [`replace`] expands ReplaceTags placeholders;
+//! - [`perl`] turns Perl regexes into `regex`/`fancy-regex` syntax where the meaning is exact;
+//! - [`compile`] builds each rule's matcher (gate + literal prefilter for backtracking rules);
+//! - [`meta`] parses and evaluates `meta` expressions, run in dependency order;
+//! - [`keywords`] matches word lists (a mailwarden extension) in one pass per view;
+//! - [`eval`] runs everything over one `Message`.
+//!
+//! Hits are reported sorted by rule name.
+
+pub mod compile;
+pub mod eval;
+pub mod keywords;
+pub mod meta;
+pub mod parse;
+pub mod perl;
+pub mod replace;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use self::compile::{LiteralIndex, Matcher, Scope};
+use self::keywords::KeywordSet;
+use self::parse::{
+    AttachField, BUILTIN_PLUGINS, Defs, HeaderSource, KeywordTarget, RuleDef, RuleKind,
+};
+
+/// How to load a rule set.
+#[derive(Debug, Clone, Default)]
+pub struct LoadOptions {
+    /// Which of the four `score` columns to use (0..=3; SpamAssassin: bit 0 = network tests,
+    /// bit 1 = Bayes).
+    pub score_set: usize,
+    /// Plugins (short `X` or full `Mail::SpamAssassin::Plugin::X` names) whose results other
+    /// parts of mailwarden provide, so `ifplugin` sections for them are read. ReplaceTags and
+    /// MIMEHeader are always provided (implemented here).
+    pub plugins: Vec<String>,
+}
+
+/// A problem found while loading, with where it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Diagnostic {
+    pub file: PathBuf,
+    pub line: usize,
+    pub rule: Option<String>,
+    /// Short category: "eval test", "plugin directive", "regex unsupported", …
+    pub reason: String,
+    pub message: String,
+}
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}: {}", self.file.display(), self.line, self.message)
+    }
+}
+
+/// What a load did.
+#[derive(Debug, Clone, Default)]
+pub struct LoadReport {
+    pub files: usize,
+    /// Rules compiled and active (regex, keyword, attachment and meta rules).
+    pub rules: usize,
+    /// Active rules per kind ("header", "body", "rawbody", "uri", "full", "mimeheader",
+    /// "meta", "keywords", "attachment").
+    pub by_kind: BTreeMap<String, usize>,
+    /// Rules and directives not run, one entry each, with the reason.
+    pub skipped: Vec<Diagnostic>,
+    /// Other problems that did not stop the load (undefined names in meta rules, cycles, …).
+    pub warnings: Vec<Diagnostic>,
+    /// Problems that stop the load.
+    pub errors: Vec<Diagnostic>,
+    /// Regex rules that compiled, by engine: "regex" or "fancy" (for the compatibility report).
+    pub engines: BTreeMap<String, usize>,
+    /// How long loading took.
+    pub load_time: Duration,
+}
+
+impl LoadReport {
+    pub fn skipped_by_reason(&self) -> BTreeMap<String, usize> {
+        let mut m = BTreeMap::new();
+        for d in &self.skipped {
+            *m.entry(d.reason.clone()).or_insert(0) += 1;
+        }
+        m
+    }
+}
+
+/// One hit of one rule on one message.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Hit {
+    pub name: String,
+    /// Already multiplied by `count` for `multiple` rules.
+    pub score: f64,
+    pub description: String,
+    pub count: u32,
+}
+
+/// The result of evaluating a rule set on a message.
+#[derive(Debug, Clone, Default)]
+pub struct Evaluation {
+    /// Sorted by rule name; `__` rules are not included.
+    pub hits: Vec<Hit>,
+    /// The deadline passed before every rule ran (meta rules are not run then).
+    pub timed_out: bool,
+    /// Rules that ran (regex, exists, keyword, attachment and meta rules).
+    pub rules_run: usize,
+    /// Backtracking regex runs that hit the backtrack limit (counted as no match).
+    pub regex_errors: usize,
+    /// Backtracking regex runs (after their gate matched).
+    pub fancy_runs: usize,
+}
+
+impl Evaluation {
+    /// Sum of the hit scores.
+    pub fn score(&self) -> f64 {
+        self.hits.iter().map(|h| h.score).sum()
+    }
+}
+
+pub(crate) enum TestKind {
+    Header {
+        src: usize,
+        neg: bool,
+        if_unset: Option<Vec<u8>>,
+        m: Matcher,
+    },
+    Exists {
+        header: String,
+    },
+    Body(Matcher),
+    RawBody(Matcher),
+    Uri(Matcher),
+    Full(Matcher),
+    MimeHeader {
+        header: String,
+        raw: bool,
+        neg: bool,
+        m: Matcher,
+    },
+    Attachment {
+        field: AttachField,
+        m: Matcher,
+    },
+}
+
+pub(crate) struct Test {
+    pub id: usize,
+    pub kind: TestKind,
+    /// 1, or the `maxhits` of a `multiple` rule (u32::MAX without maxhits).
+    pub max: u32,
+    pub nosubject: bool,
+    /// For body, rawbody and full rules: ids of the rule's required literals in the view's
+    /// shared [`LiteralIndex`] (the rule cannot match unless one of them occurs).
+    pub literals: Option<Vec<usize>>,
+}
+
+/// The views that get one shared literal pass: body, rawbody, full.
+pub(crate) const LITERAL_VIEWS: usize = 3;
+
+pub(crate) struct MetaRule {
+    pub id: usize,
+    pub expr: meta::Expr,
+}
+
+/// A loaded, compiled rule set. Immutable; share it between threads.
+pub struct RuleSet {
+    report: LoadReport,
+    /// id → name: rules, score-only symbols, names only meta rules mention.
+    names: Vec<String>,
+    ids: HashMap<String, usize>,
+    /// id → score of one hit (0 for `__` rules).
+    scores: Vec<f64>,
+    descriptions: HashMap<String, String>,
+    /// Scored, active rules (not `__`), sorted.
+    scored: Vec<String>,
+    tests: Vec<Test>,
+    metas: Vec<MetaRule>,
+    sources: Vec<HeaderSource>,
+    keyword_sets: Vec<(KeywordTarget, KeywordSet)>,
+    keyword_rules: usize,
+    /// id → it is a `multiple` rule (score × count)
+    multiple: Vec<bool>,
+    /// Shared literal prefilter per large view (body, rawbody, full).
+    literal_index: [Option<LiteralIndex>; LITERAL_VIEWS],
+}
+
+impl fmt::Debug for RuleSet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RuleSet")
+            .field("rules", &self.report.rules)
+            .field("files", &self.report.files)
+            .finish_non_exhaustive()
+    }
+}
+
+fn diag(def: &RuleDef, name: &str, reason: &str, message: String) -> Diagnostic {
+    Diagnostic {
+        file: def.loc.file.as_ref().clone(),
+        line: def.loc.line,
+        rule: Some(name.to_string()),
+        reason: reason.to_string(),
+        message,
+    }
+}
+
+struct Tflags {
+    nice: bool,
+    multiple: bool,
+    maxhits: Option<u32>,
+    nosubject: bool,
+}
+
+fn tflags(defs: &Defs, name: &str) -> Tflags {
+    let mut t = Tflags {
+        nice: false,
+        multiple: false,
+        maxhits: None,
+        nosubject: false,
+    };
+    if let Some(s) = defs.tflags.get(name) {
+        for w in s.split_whitespace() {
+            match w {
+                "nice" => t.nice = true,
+                "multiple" => t.multiple = true,
+                "nosubject" => t.nosubject = true,
+                _ => {
+                    if let Some(n) = w.strip_prefix("maxhits=") {
+                        t.maxhits = n.parse().ok();
+                    }
+                }
+            }
+        }
+    }
+    t
+}
+
+fn show_regex(re: &perl::Delimited) -> String {
+    let p = String::from_utf8_lossy(&re.pattern);
+    let p: String = if p.chars().count() > 120 {
+        p.chars().take(120).collect::<String>() + "…"
+    } else {
+        p.into_owned()
+    };
+    format!("/{p}/{}", re.flags)
+}
+
+impl RuleSet {
+    /// Loads rule files. Errors (unreadable file, unparseable directive syntax, missing keyword
+    /// file, bad score number, unbalanced if/endif) make the load fail: `Err(report)`. A regex
+    /// that neither engine compiles is not an error: the rule is skipped ("regex unsupported").
+    // The report is the error: callers print every diagnostic in it (loads are rare).
+    #[allow(clippy::result_large_err)]
+    pub fn load(paths: &[PathBuf], options: &LoadOptions) -> Result<RuleSet, LoadReport> {
+        let started = std::time::Instant::now();
+        let mut plugins: HashSet<String> = BUILTIN_PLUGINS.iter().map(|s| s.to_string()).collect();
+        for p in &options.plugins {
+            plugins.insert(
+                p.trim()
+                    .trim_start_matches("Mail::SpamAssassin::Plugin::")
+                    .to_string(),
+            );
+        }
+        let mut defs = Defs::default();
+        parse::read_paths(paths, &plugins, &mut defs);
+        let mut report = LoadReport {
+            files: defs.files,
+            skipped: std::mem::take(&mut defs.skipped),
+            warnings: std::mem::take(&mut defs.warnings),
+            errors: std::mem::take(&mut defs.errors),
+            ..LoadReport::default()
+        };
+        if options.score_set > 3 {
+            report.errors.push(Diagnostic {
+                file: PathBuf::new(),
+                line: 0,
+                rule: None,
+                reason: "bad option".into(),
+                message: format!("score_set must be 0..=3, not {}", options.score_set),
+            });
+        }
+        if !report.errors.is_empty() {
+            report.load_time = started.elapsed();
+            return Err(report);
+        }
+        replace::apply(&mut defs);
+        let set = Self::build(defs, options.score_set, report, started);
+        Ok(set)
+    }
+
+    fn build(
+        defs: Defs,
+        score_set: usize,
+        mut report: LoadReport,
+        started: std::time::Instant,
+    ) -> RuleSet {
+        let mut names: Vec<String> = Vec::new();
+        let mut ids: HashMap<String, usize> = HashMap::new();
+        let mut intern = |n: &str, names: &mut Vec<String>| -> usize {
+            if let Some(&i) = ids.get(n) {
+                return i;
+            }
+            names.push(n.to_string());
+            ids.insert(n.to_string(), names.len() - 1);
+            names.len() - 1
+        };
+        for name in defs.rules.keys() {
+            intern(name, &mut names);
+        }
+        let mut symbols: Vec<&String> = defs.scores.keys().collect();
+        symbols.sort();
+        for name in symbols {
+            intern(name, &mut names);
+        }
+
+        // scores: explicit, else SpamAssassin's defaults (1.0, T_ 0.01, negative if `nice`)
+        let score_of = |name: &str| -> f64 {
+            if name.starts_with("__") {
+                return 0.0;
+            }
+            if let Some(s) = defs.scores.get(name) {
+                return s[score_set];
+            }
+            if !defs.rules.contains_key(name) {
+                return 0.0;
+            }
+            let base = if name.starts_with("T_") { 0.01 } else { 1.0 };
+            if tflags(&defs, name).nice {
+                -base
+            } else {
+                base
+            }
+        };
+
+        let mut tests: Vec<(i32, u8, String, Test)> = Vec::new();
+        let mut metas_src: Vec<(String, &RuleDef, String)> = Vec::new();
+        let mut keyword_rules: BTreeMap<KeywordTarget, Vec<(usize, &[String])>> = BTreeMap::new();
+        let mut sources: Vec<HeaderSource> = Vec::new();
+        let mut source_ids: HashMap<HeaderSource, usize> = HashMap::new();
+        let mut active: HashSet<usize> = HashSet::new();
+        let mut by_kind: BTreeMap<String, usize> = BTreeMap::new();
+
+        for (name, def) in &defs.rules {
+            let id = ids.get(name.as_str()).copied().unwrap_or(0);
+            let explicit_zero = !name.starts_with("__")
+                && defs.scores.get(name).is_some_and(|s| s[score_set] == 0.0);
+            if let RuleKind::Skipped { .. } = def.kind {
+                continue;
+            }
+            let tf = tflags(&defs, name);
+            let max = if tf.multiple {
+                tf.maxhits.filter(|&m| m > 0).unwrap_or(u32::MAX)
+            } else {
+                1
+            };
+            let compile =
+                |re: &perl::Delimited, scope: Scope, report: &mut LoadReport| match Matcher::new(
+                    &re.pattern,
+                    &re.flags,
+                    scope,
+                ) {
+                    Ok(m) => {
+                        let engine = if m.is_fancy() { "fancy" } else { "regex" };
+                        *report.engines.entry(engine.to_string()).or_insert(0) += 1;
+                        Some(m)
+                    }
+                    Err(e) => {
+                        report.skipped.push(diag(
+                            def,
+                            name,
+                            "regex unsupported",
+                            format!("{name}: {e}: {}", show_regex(re)),
+                        ));
+                        None
+                    }
+                };
+            let kind_order: u8;
+            let kind = match &def.kind {
+                RuleKind::Header {
+                    source,
+                    neg,
+                    if_unset,
+                    re,
+                } => {
+                    kind_order = 0;
+                    let Some(m) = compile(re, Scope::Whole, &mut report) else {
+                        continue;
+                    };
+                    let src = *source_ids.entry(source.clone()).or_insert_with(|| {
+                        sources.push(source.clone());
+                        sources.len() - 1
+                    });
+                    TestKind::Header {
+                        src,
+                        neg: *neg,
+                        if_unset: if_unset.clone(),
+                        m,
+                    }
+                }
+                RuleKind::Exists { header } => {
+                    kind_order = 0;
+                    TestKind::Exists {
+                        header: header.clone(),
+                    }
+                }
+                RuleKind::MimeHeader {
+                    header,
+                    raw,
+                    neg,
+                    re,
+                } => {
+                    kind_order = 1;
+                    let Some(m) = compile(re, Scope::Whole, &mut report) else {
+                        continue;
+                    };
+                    TestKind::MimeHeader {
+                        header: header.clone(),
+                        raw: *raw,
+                        neg: *neg,
+                        m,
+                    }
+                }
+                RuleKind::Uri(re) => {
+                    kind_order = 2;
+                    let Some(m) = compile(re, Scope::Whole, &mut report) else {
+                        continue;
+                    };
+                    TestKind::Uri(m)
+                }
+                RuleKind::Body(re) => {
+                    kind_order = 3;
+                    let Some(m) = compile(re, Scope::Lines, &mut report) else {
+                        continue;
+                    };
+                    TestKind::Body(m)
+                }
+                RuleKind::RawBody(re) => {
+                    kind_order = 4;
+                    let Some(m) = compile(re, Scope::Lines, &mut report) else {
+                        continue;
+                    };
+                    TestKind::RawBody(m)
+                }
+                RuleKind::Full(re) => {
+                    kind_order = 5;
+                    let Some(m) = compile(re, Scope::Whole, &mut report) else {
+                        continue;
+                    };
+                    TestKind::Full(m)
+                }
+                RuleKind::Attachment { field, re } => {
+                    kind_order = 6;
+                    let Some(m) = compile(re, Scope::Whole, &mut report) else {
+                        continue;
+                    };
+                    TestKind::Attachment { field: *field, m }
+                }
+                RuleKind::Meta(expr) => {
+                    if explicit_zero {
+                        report.skipped.push(diag(
+                            def,
+                            name,
+                            "score 0",
+                            format!("{name}: score 0 in score set {score_set}: not run"),
+                        ));
+                        continue;
+                    }
+                    metas_src.push((name.clone(), def, expr.clone()));
+                    continue;
+                }
+                RuleKind::Keywords { target, entries } => {
+                    if explicit_zero {
+                        report.skipped.push(diag(
+                            def,
+                            name,
+                            "score 0",
+                            format!("{name}: score 0 in score set {score_set}: not run"),
+                        ));
+                        continue;
+                    }
+                    keyword_rules
+                        .entry(target.clone())
+                        .or_default()
+                        .push((id, entries.as_slice()));
+                    active.insert(id);
+                    *by_kind.entry("keywords".into()).or_insert(0) += 1;
+                    continue;
+                }
+                RuleKind::Skipped { .. } => continue,
+            };
+            if explicit_zero {
+                report.skipped.push(diag(
+                    def,
+                    name,
+                    "score 0",
+                    format!("{name}: score 0 in score set {score_set}: not run"),
+                ));
+                continue;
+            }
+            *by_kind.entry(def.kind.kind_name().to_string()).or_insert(0) += 1;
+            active.insert(id);
+            let priority = defs.priority.get(name).copied().unwrap_or(0);
+            tests.push((
+                priority,
+                kind_order,
+                name.clone(),
+                Test {
+                    id,
+                    kind,
+                    max,
+                    nosubject: tf.nosubject,
+                    literals: None,
+                },
+            ));
+        }
+        tests.sort_by(|a, b| (a.0, a.1, &a.2).cmp(&(b.0, b.1, &b.2)));
+        let mut tests: Vec<Test> = tests.into_iter().map(|t| t.3).collect();
+
+        // one literal automaton per large view, shared by its rules
+        let mut literal_lists: [Vec<Vec<u8>>; LITERAL_VIEWS] = Default::default();
+        let mut literal_ids: [HashMap<Vec<u8>, usize>; LITERAL_VIEWS] = Default::default();
+        for t in &mut tests {
+            let (view, m) = match &t.kind {
+                TestKind::Body(m) => (0, m),
+                TestKind::RawBody(m) => (1, m),
+                TestKind::Full(m) => (2, m),
+                _ => continue,
+            };
+            let Some(lits) = m.literals() else { continue };
+            let ids: Vec<usize> = lits
+                .iter()
+                .map(|l| {
+                    *literal_ids[view].entry(l.clone()).or_insert_with(|| {
+                        literal_lists[view].push(l.clone());
+                        literal_lists[view].len() - 1
+                    })
+                })
+                .collect();
+            t.literals = Some(ids);
+        }
+        let literal_index = literal_lists.each_ref().map(|l| LiteralIndex::new(l));
+        if literal_index
+            .iter()
+            .zip(&literal_lists)
+            .any(|(i, l)| i.is_none() && !l.is_empty())
+        {
+            for t in &mut tests {
+                t.literals = None;
+            }
+        }
+
+        // meta rules: parse, resolve names, order by dependencies
+        let mut parsed: Vec<(String, &RuleDef, meta::Expr)> = Vec::new();
+        for (name, def, src) in &metas_src {
+            let mut undefined: Vec<String> = Vec::new();
+            let result = meta::parse(src, &mut |n: &str| {
+                if let Some(&i) = ids.get(n) {
+                    return i;
+                }
+                if n != "local_tests_only" && !undefined.iter().any(|u| u == n) {
+                    undefined.push(n.to_string());
+                }
+                names.push(n.to_string());
+                ids.insert(n.to_string(), names.len() - 1);
+                names.len() - 1
+            });
+            match result {
+                Ok(expr) => {
+                    for u in undefined {
+                        report.warnings.push(diag(
+                            def,
+                            name,
+                            "meta undefined name",
+                            format!("{name}: meta refers to undefined rule '{u}' (taken as 0)"),
+                        ));
+                    }
+                    parsed.push((name.clone(), def, expr));
+                }
+                Err(e) => report.skipped.push(diag(
+                    def,
+                    name,
+                    "meta unparseable",
+                    format!("{name}: cannot parse meta expression ({e}): {src}"),
+                )),
+            }
+        }
+        let metas = order_metas(parsed, &ids, &mut report);
+        for m in &metas {
+            active.insert(m.id);
+        }
+        *by_kind.entry("meta".into()).or_insert(0) += metas.len();
+        by_kind.retain(|_, v| *v > 0);
+
+        let mut keyword_sets = Vec::new();
+        let mut keyword_count = 0;
+        for (target, rules) in keyword_rules {
+            keyword_count += rules.len();
+            match KeywordSet::new(&rules) {
+                Ok(Some(set)) => keyword_sets.push((target, set)),
+                Ok(None) => {}
+                Err(e) => report.warnings.push(Diagnostic {
+                    file: PathBuf::new(),
+                    line: 0,
+                    rule: None,
+                    reason: "keywords".into(),
+                    message: format!("keyword automaton failed: {e}"),
+                }),
+            }
+        }
+
+        let scores: Vec<f64> = names.iter().map(|n| score_of(n)).collect();
+        let multiple: Vec<bool> = names
+            .iter()
+            .map(|n| defs.rules.contains_key(n) && tflags(&defs, n).multiple)
+            .collect();
+        let mut scored: Vec<String> = active
+            .iter()
+            .filter_map(|&i| names.get(i))
+            .filter(|n| !n.starts_with("__"))
+            .cloned()
+            .collect();
+        scored.sort();
+        report.rules = tests.len() + metas.len() + keyword_count;
+        report.by_kind = by_kind;
+        report.load_time = started.elapsed();
+        RuleSet {
+            report,
+            names,
+            ids,
+            scores,
+            descriptions: defs.describe,
+            scored,
+            tests,
+            metas,
+            sources,
+            keyword_sets,
+            keyword_rules: keyword_count,
+            multiple,
+            literal_index,
+        }
+    }
+
+    pub fn report(&self) -> &LoadReport {
+        &self.report
+    }
+
+    /// The score of one hit of `name` (rules and score-only symbols); `None` for unknown names.
+    pub fn score(&self, name: &str) -> Option<f64> {
+        self.ids
+            .get(name)
+            .and_then(|&i| self.scores.get(i))
+            .copied()
+    }
+
+    pub fn description(&self, name: &str) -> Option<&str> {
+        self.descriptions.get(name).map(String::as_str)
+    }
+
+    /// Scored (non-`__`), active rules, sorted by name.
+    pub fn rule_names(&self) -> impl Iterator<Item = &str> {
+        self.scored.iter().map(String::as_str)
+    }
+}
+
+/// Orders meta rules so each runs after the meta rules it names; rules in a cycle are
+/// skipped with a warning.
+fn order_metas(
+    parsed: Vec<(String, &RuleDef, meta::Expr)>,
+    ids: &HashMap<String, usize>,
+    report: &mut LoadReport,
+) -> Vec<MetaRule> {
+    let index: HashMap<usize, usize> = parsed
+        .iter()
+        .enumerate()
+        .filter_map(|(k, (name, _, _))| ids.get(name).map(|&id| (id, k)))
+        .collect();
+    let deps: Vec<Vec<usize>> = parsed
+        .iter()
+        .map(|(_, _, e)| {
+            let mut v = Vec::new();
+            meta::vars(e, &mut v);
+            v.into_iter()
+                .filter_map(|id| index.get(&id).copied())
+                .collect()
+        })
+        .collect();
+    // 0 = unvisited, 1 = in progress, 2 = done, 3 = broken (in or behind a cycle)
+    let mut state = vec![0u8; parsed.len()];
+    let mut order: Vec<usize> = Vec::new();
+    for root in 0..parsed.len() {
+        if state[root] != 0 {
+            continue;
+        }
+        // iterative DFS: (node, next dep index)
+        let mut stack: Vec<(usize, usize)> = vec![(root, 0)];
+        state[root] = 1;
+        while let Some(&mut (node, ref mut next)) = stack.last_mut() {
+            if let Some(&dep) = deps[node].get(*next) {
+                *next += 1;
+                match state[dep] {
+                    0 => {
+                        state[dep] = 1;
+                        stack.push((dep, 0));
+                    }
+                    1 => {
+                        // a cycle: every node on the stack from dep up is in it
+                        let from = stack.iter().position(|&(n, _)| n == dep).unwrap_or(0);
+                        for &(n, _) in &stack[from..] {
+                            state[n] = 3;
+                        }
+                    }
+                    _ => {}
+                }
+            } else {
+                stack.pop();
+                if state[node] == 1 {
+                    state[node] = 2;
+                    order.push(node);
+                }
+            }
+        }
+    }
+    let mut parsed: Vec<Option<(String, &RuleDef, meta::Expr)>> =
+        parsed.into_iter().map(Some).collect();
+    for (k, s) in state.iter().enumerate() {
+        if *s == 3
+            && let Some((name, def, _)) = &parsed[k]
+        {
+            report.warnings.push(diag(
+                def,
+                name,
+                "meta cycle",
+                format!("{name}: meta rules depend on each other in a cycle; skipped"),
+            ));
+        }
+    }
+    let mut out = Vec::with_capacity(order.len());
+    for k in order {
+        if let Some((name, _, expr)) = parsed[k].take()
+            && let Some(&id) = ids.get(&name)
+        {
+            out.push(MetaRule { id, expr });
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &std::path::Path, name: &str, text: &str) -> PathBuf {
+        let p = dir.join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    #[test]
+    fn rule_set_is_send_and_sync() {
+        fn check<T: Send + Sync>() {}
+        check::<RuleSet>();
+    }
+
+    #[test]
+    fn load_errors_are_reported_with_file_and_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = write(dir.path(), "bad.cf", "body A /a/\nscore A x\n");
+        let err = match RuleSet::load(&[p], &LoadOptions::default()) {
+            Ok(_) => panic!("loaded a bad file"),
+            Err(r) => r,
+        };
+        assert_eq!(err.errors.len(), 1);
+        let shown = err.errors[0].to_string();
+        assert!(
+            shown.ends_with("bad.cf:2: score A: expected 1 or 4 numbers, got 'x'"),
+            "{shown}"
+        );
+        let missing = RuleSet::load(&[dir.path().join("nope.cf")], &LoadOptions::default());
+        assert!(missing.is_err());
+        let bad_set = RuleSet::load(
+            &[],
+            &LoadOptions {
+                score_set: 4,
+                plugins: vec![],
+            },
+        );
+        assert!(bad_set.is_err());
+    }
+
+    #[test]
+    fn scores_defaults_cycles_and_directories() {
+        let dir = tempfile::tempdir().unwrap();
+        write(
+            dir.path(),
+            "10_a.cf",
+            "body A /a/\nbody T_B /b/\nbody N /n/\ntflags N nice\nscore A 1 2 3 4\n\
+             meta C1 C2 && A\nmeta C2 C1\nbody Z /zzz(/\n",
+        );
+        write(dir.path(), "20_b.cf", "score A 5\nscore SYMBOL 0.5\n");
+        write(dir.path(), "ignored.txt", "body IGNORED /x/\n");
+        let set = RuleSet::load(&[dir.path().to_path_buf()], &LoadOptions::default()).unwrap();
+        assert_eq!(set.report().files, 2);
+        assert_eq!(set.score("A"), Some(5.0)); // the later file wins
+        assert_eq!(set.score("T_B"), Some(0.01));
+        assert_eq!(set.score("N"), Some(-1.0));
+        assert_eq!(set.score("SYMBOL"), Some(0.5));
+        assert_eq!(set.score("IGNORED"), None);
+        let reasons = set.report().skipped_by_reason();
+        assert_eq!(reasons.get("regex unsupported"), Some(&1));
+        let cycles = set
+            .report()
+            .warnings
+            .iter()
+            .filter(|w| w.reason == "meta cycle")
+            .count();
+        assert_eq!(cycles, 2);
+        let names: Vec<&str> = set.rule_names().collect();
+        assert_eq!(names, ["A", "N", "T_B"]);
+
+        let set = RuleSet::load(
+            &[dir.path().join("10_a.cf")],
+            &LoadOptions {
+                score_set: 2,
+                plugins: vec![],
+            },
+        )
+        .unwrap();
+        assert_eq!(set.score("A"), Some(3.0));
+    }
+}
