@@ -348,17 +348,23 @@ impl Filter {
             },
             if scan.timed_out { " scan-timeout" } else { "" }
         );
+        // What the sender learns: which policy refused, never which rules (unless
+        // `reveal_rules`), nor what matched a list.
         let refusal_text = |what: &str| {
-            let mut text = format!("{what} ({})", d.reason);
-            if !self.policy_config.reveal_rules {
-                // The reason may name a rule ("rule GTUBE forces reject"): keep it to the log.
-                text = match d.action {
-                    PolicyAction::Reject if !d.forced_by.is_empty() => {
-                        format!("{what} (content policy)")
-                    }
-                    _ => text,
-                };
-            } else if !names.is_empty() {
+            let listed = d.reason.starts_with("denylist");
+            let what = if listed {
+                "Message rejected by local policy"
+            } else {
+                what
+            };
+            let mut text = if listed {
+                format!("{what} (denylist)")
+            } else if !d.forced_by.is_empty() && !self.policy_config.reveal_rules {
+                format!("{what} (content policy)")
+            } else {
+                format!("{what} ({})", d.reason)
+            };
+            if self.policy_config.reveal_rules && !names.is_empty() {
                 text.push_str(&format!("; rules: {}", names.join(",")));
             }
             text

@@ -2,7 +2,7 @@
 //! background and swaps it in atomically. Changes are debounced (an editor's save is several
 //! events). A broken file keeps the old engine running; the error is logged with file:line.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -79,10 +79,21 @@ fn start_watcher(
     paths: Vec<PathBuf>,
     tx: mpsc::Sender<&'static str>,
 ) -> Option<notify::RecommendedWatcher> {
+    // A file is watched through its directory: editors and deploy tools replace files by
+    // rename, which a watch on the file itself (its old inode) would never see.
+    let (dirs, files): (Vec<PathBuf>, Vec<PathBuf>) = paths.into_iter().partition(|p| p.is_dir());
+    let dirs: Vec<PathBuf> = dirs.iter().map(|d| absolute(d)).collect();
+    let files: Vec<PathBuf> = files.iter().map(|f| absolute(f)).collect();
+    let relevant = {
+        let (dirs, files) = (dirs.clone(), files.clone());
+        move |path: &Path| {
+            dirs.iter().any(|d| path.starts_with(d)) || files.iter().any(|f| f == path)
+        }
+    };
     let handler = move |event: notify::Result<notify::Event>| {
-        if let Ok(event) = event
-            && (event.kind.is_modify() || event.kind.is_create() || event.kind.is_remove())
-        {
+        let Ok(event) = event else { return };
+        let changed = event.kind.is_modify() || event.kind.is_create() || event.kind.is_remove();
+        if changed && event.paths.iter().any(|p| relevant(p)) {
             // Full channel: a reload is already pending, which covers this change too.
             let _ = tx.try_send("file change");
         }
@@ -94,15 +105,27 @@ fn start_watcher(
             return None;
         }
     };
-    for path in &paths {
-        let mode = if path.is_dir() {
-            RecursiveMode::Recursive
-        } else {
-            RecursiveMode::NonRecursive
-        };
+    let parents: Vec<PathBuf> = files
+        .iter()
+        .filter_map(|f| f.parent().map(Path::to_path_buf))
+        .collect();
+    for (path, mode) in dirs
+        .iter()
+        .map(|d| (d, RecursiveMode::Recursive))
+        .chain(parents.iter().map(|p| (p, RecursiveMode::NonRecursive)))
+    {
         if let Err(e) = watcher.watch(path, mode) {
             tracing::warn!(path = %path.display(), error = %e, "cannot watch; changes there need SIGHUP");
         }
     }
     Some(watcher)
+}
+
+/// The path made absolute against the working directory (event paths are absolute).
+fn absolute(path: &Path) -> PathBuf {
+    std::fs::canonicalize(path).unwrap_or_else(|_| {
+        std::env::current_dir()
+            .map(|cwd| cwd.join(path))
+            .unwrap_or_else(|_| path.to_path_buf())
+    })
 }

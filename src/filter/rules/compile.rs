@@ -399,11 +399,27 @@ impl LiteralIndex {
     }
 
     /// Which literals occur in `text` (ASCII case ignored).
+    ///
+    /// The answer may err only towards "present" (the rule's own regex then decides), which
+    /// bounds the cost on degenerate text: a run of 4,000 'X' holds 4,000 overlapping "xxx"
+    /// matches, and enumerating them cost more than running every rule (seen with
+    /// smtp-source's bodies). Past `64 + len/32` matches, or once every literal was seen, we stop.
     pub fn present(&self, text: &[u8]) -> Vec<bool> {
         let mut seen = vec![false; self.patterns];
-        for m in self.ac.find_overlapping_iter(text) {
-            if let Some(s) = seen.get_mut(m.pattern().as_usize()) {
+        let mut distinct = 0;
+        let budget = 64 + text.len() / 32;
+        for (n, m) in self.ac.find_overlapping_iter(text).enumerate() {
+            if n >= budget {
+                return vec![true; self.patterns];
+            }
+            if let Some(s) = seen.get_mut(m.pattern().as_usize())
+                && !*s
+            {
                 *s = true;
+                distinct += 1;
+                if distinct == self.patterns {
+                    break;
+                }
             }
         }
         seen
