@@ -305,10 +305,12 @@ impl Config {
             Ok(())
         };
         check("policy", p.tag_score, p.reject_score)?;
+        // Only a pair the admin wrote together must be ordered: a domain that sets just
+        // reject_score = 3 under a global tag_score of 5 simply rejects from 3 on.
         for (domain, d) in &p.domains {
-            let tag = d.tag_score.unwrap_or(p.tag_score);
-            let reject = d.reject_score.unwrap_or(p.reject_score);
-            check(&format!("policy.domains.\"{domain}\""), tag, reject)?;
+            if let (Some(tag), Some(reject)) = (d.tag_score, d.reject_score) {
+                check(&format!("policy.domains.\"{domain}\""), tag, reject)?;
+            }
         }
         let quarantines = p.rules.values().any(|r| r.action == Action::Quarantine);
         if quarantines && p.quarantine_dir.is_empty() {

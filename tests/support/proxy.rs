@@ -224,6 +224,25 @@ impl Proxy {
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
     }
+
+    /// The child's process id (e.g. for `kill -HUP`).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends SIGHUP to the child (`kill -HUP <pid>`): the proxy reloads its rules.
+    pub fn sighup(&self) {
+        let status = std::process::Command::new("kill")
+            .arg("-HUP")
+            .arg(self.pid().to_string())
+            .status()
+            .unwrap_or_else(|e| panic!("run kill -HUP {}: {e}", self.pid()));
+        assert!(
+            status.success(),
+            "kill -HUP {} failed: {status}",
+            self.pid()
+        );
+    }
 }
 
 impl Drop for Proxy {
