@@ -204,6 +204,10 @@ max_sessions_per_ip = 1000
 [upstream]
 url = "smtp://127.0.0.1:$SINK_PORT"
 xclient = "auto"
+[rules]
+# The shipped rule set: the proxied path includes scanning every message.
+paths = ["$ROOT/rules"]
+watch = false
 [log]
 level = "warn"
 EOF

@@ -458,9 +458,7 @@ impl RuleSet {
                         m.count(text, max, &mut stats)
                     }
                 }
-                TestKind::Exists { header } => {
-                    u32::from(message.header_fields(header).next().is_some())
-                }
+                TestKind::Exists { header } => u32::from(header_exists(message, header)),
                 TestKind::Body(m) => {
                     let mut body = message.body();
                     // The first line is the Subject when there is one (SpamAssassin makes
@@ -588,6 +586,28 @@ impl RuleSet {
     }
 }
 
+/// `exists:NAME`, with SpamAssassin's pseudo-headers: `ToCc` is To or Cc, `MESSAGEID` any
+/// of the Message-Id fields, `ALL` any field at all (the agreement run against SpamAssassin
+/// found `exists:ToCc` never true when it looked for a field literally named "ToCc").
+fn header_exists(message: &Message, name: &str) -> bool {
+    let any = |names: &[&str]| {
+        names
+            .iter()
+            .any(|n| message.header_fields(n).next().is_some())
+    };
+    match name {
+        "ToCc" => any(&["To", "Cc"]),
+        "MESSAGEID" => any(&[
+            "X-Message-Id",
+            "Resent-Message-Id",
+            "X-Original-Message-ID",
+            "Message-Id",
+        ]),
+        "ALL" => !message.headers().is_empty(),
+        _ => message.header_fields(name).next().is_some(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -623,5 +643,17 @@ mod tests {
             mb("'Quoted' <q@x>"),
             [(Some("q@x".into()), Some("Quoted".into()))]
         );
+    }
+
+    #[test]
+    fn exists_knows_pseudo_headers() {
+        let with_cc = Message::parse(b"Cc: a@b.c\r\nSubject: x\r\n\r\nbody\r\n".to_vec());
+        assert!(header_exists(&with_cc, "ToCc"));
+        assert!(header_exists(&with_cc, "ALL"));
+        assert!(!header_exists(&with_cc, "MESSAGEID"));
+        let bare = Message::parse(b"Subject: x\r\n\r\nbody\r\n".to_vec());
+        assert!(!header_exists(&bare, "ToCc"));
+        let with_mid = Message::parse(b"Message-Id: <a@b>\r\n\r\nbody\r\n".to_vec());
+        assert!(header_exists(&with_mid, "MESSAGEID"));
     }
 }
