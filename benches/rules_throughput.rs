@@ -207,7 +207,9 @@ fn main() {
     // `cargo bench` passes --bench; `cargo test --all-targets` runs this binary without it,
     // and a test run must not spend minutes benchmarking.
     if !std::env::args().any(|a| a == "--bench") {
-        println!("rules_throughput: a benchmark; run it with `cargo bench --bench rules_throughput`");
+        println!(
+            "rules_throughput: a benchmark; run it with `cargo bench --bench rules_throughput`"
+        );
         return;
     }
     let a = args();
