@@ -12,7 +12,8 @@ use std::time::Duration;
 use serde_json::json;
 
 use crate::config::Action;
-use crate::filter::{Engine, Scan, ScanContext};
+use crate::filter::auth::{AuthInput, AuthResults};
+use crate::filter::{Filter, Scan, ScanContext};
 
 /// Options of one `scan` run.
 #[derive(Debug, Clone, Default)]
@@ -36,23 +37,41 @@ pub fn run(opts: &ScanOptions) -> u8 {
             return 3;
         }
     };
-    let engine = match Engine::load(&config.rules, &config.policy) {
-        Ok(engine) => engine,
+    let filter = match Filter::load(&config) {
+        Ok(filter) => filter,
         Err(errors) => {
             for e in errors {
                 eprintln!("error: {e}");
             }
             eprintln!(
-                "mailwarden: the rules do not load; `mailwarden rules check` shows all problems"
+                "mailwarden: the rules or the resolver do not load; `mailwarden rules check` shows all rule problems"
             );
             return 3;
         }
     };
-    let ctx = ScanContext {
+    let engine = filter.engine();
+    // The sender checks are async (DNS): a small runtime of their own.
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("mailwarden: cannot start the async runtime: {e}");
+            return 3;
+        }
+    };
+    let input = AuthInput {
+        ip: opts.ip,
+        helo: opts.helo.clone(),
+        mail_from: opts.from.clone().unwrap_or_default(),
+    };
+    let mut ctx = ScanContext {
         ip: opts.ip,
         helo: opts.helo.clone(),
         from: opts.from.clone().unwrap_or_default(),
         recipients: opts.rcpt.clone(),
+        preset: Vec::new(),
     };
     let budget = Duration::from_millis(config.rules.scan_timeout_ms);
     let files = if opts.files.is_empty() {
@@ -70,12 +89,25 @@ pub fn run(opts: &ScanOptions) -> u8 {
                 continue;
             }
         };
-        let scan = engine.scan(raw, &ctx, budget);
+        // The sender checks need an envelope: they run when --ip or --from is given.
+        let auth = filter
+            .authenticator()
+            .filter(|_| opts.ip.is_some() || opts.from.is_some())
+            .map(|a| runtime.block_on(a.check(&input, &raw)));
+        ctx.preset = auth.as_ref().map(|a| a.symbols.clone()).unwrap_or_default();
+        let mut scan = engine.scan(raw, &ctx, budget);
+        if let Some(a) = &auth {
+            filter.apply_auth_policy(&mut scan, a, opts.ip);
+        }
         let name = file.display().to_string();
         if opts.json {
-            println!("{}", to_json(&name, &scan));
+            let mut value = to_json(&name, &scan);
+            if let (Some(a), Some(obj)) = (&auth, value.as_object_mut()) {
+                obj.insert("auth".into(), a.to_json());
+            }
+            println!("{value}");
         } else {
-            print_human(&name, &scan, opts.explain);
+            print_human(&name, &scan, opts.explain, auth.as_ref());
         }
         code = code.max(exit_code(scan.decision.action));
     }
@@ -115,7 +147,7 @@ pub fn to_json(file: &str, scan: &Scan) -> serde_json::Value {
     })
 }
 
-fn print_human(file: &str, scan: &Scan, explain: bool) {
+fn print_human(file: &str, scan: &Scan, explain: bool, auth: Option<&AuthResults>) {
     let d = &scan.decision;
     println!(
         "{file}: {} score={:.1} required={:.1} ({}){}",
@@ -134,6 +166,15 @@ fn print_human(file: &str, scan: &Scan, explain: bool) {
         symbols.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.name.cmp(&b.name)));
         for s in &symbols {
             println!("  {:>6.2}  {:<28} {}", s.score, s.name, s.description);
+        }
+        if let Some(a) = auth {
+            for h in &a.headers {
+                println!("  {}", h.replace("\r\n\t", "\n      "));
+            }
+            println!(
+                "  sender checks in {:.1} ms",
+                a.elapsed.as_secs_f64() * 1000.0
+            );
         }
         println!("  scanned in {:.1} ms", scan.elapsed.as_secs_f64() * 1000.0);
     } else if !scan.symbols.is_empty() {

@@ -10,7 +10,9 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+mod auth;
 mod filter;
+pub use auth::{AuthConfig, DnsConfig};
 pub use filter::{Action, DomainPolicy, MultiRecipient, PolicyConfig, RuleAction, RulesConfig};
 
 /// The whole configuration file.
@@ -30,6 +32,10 @@ pub struct Config {
     pub rules: RulesConfig,
     #[serde(default)]
     pub policy: PolicyConfig,
+    #[serde(default)]
+    pub dns: DnsConfig,
+    #[serde(default)]
+    pub auth: AuthConfig,
 }
 
 /// `[server]`: the inbound SMTP listener and its limits.
@@ -283,7 +289,25 @@ impl Config {
         }
         self.upstream_target()
             .map_err(|e| ConfigError(format!("{origin}: {e}")))?;
-        self.validate_policy(origin)
+        self.validate_policy(origin)?;
+        self.validate_auth(origin)
+    }
+
+    fn validate_auth(&self, origin: &str) -> Result<(), ConfigError> {
+        let err = |key: &str, what: String| Err(ConfigError(format!("{origin}: {key}: {what}")));
+        if self.dns.timeout_ms == 0 || self.dns.timeout_ms > 60_000 {
+            return err(
+                "dns.timeout_ms",
+                "must be between 1 and 60000 (milliseconds)".into(),
+            );
+        }
+        if let Err(e) = self.dns.nameserver_addrs() {
+            return err("dns.nameservers", e);
+        }
+        if let Err(e) = self.auth.trusted_nets() {
+            return err("auth.trusted_networks", e);
+        }
+        Ok(())
     }
 
     fn validate_policy(&self, origin: &str) -> Result<(), ConfigError> {
@@ -436,6 +460,28 @@ mod tests {
         let err =
             Config::parse("[server]\nbare_newline = \"allow\"\n", "m.toml").expect_err("enum");
         assert!(err.to_string().starts_with("m.toml:2:"), "{err}");
+    }
+
+    #[test]
+    fn dns_and_auth_sections() {
+        let config = Config::parse(
+            "[dns]\nnameservers = [\"127.0.0.1:5353\"]\ntimeout_ms = 500\n[auth]\nenabled = true\ndmarc_enforce = false\nspf_reject_fail = true\ntempfail_on_dns_error = true\ntrusted_networks = [\"192.0.2.0/24\"]\n",
+            "m.toml",
+        )
+        .expect("valid");
+        assert_eq!(config.dns.timeout_ms, 500);
+        assert!(!config.auth.dmarc_enforce && config.auth.spf_reject_fail);
+        let defaults = Config::parse("", "m.toml").expect("empty");
+        assert!(defaults.auth.enabled && defaults.auth.dmarc_enforce);
+        assert!(!defaults.auth.spf_reject_fail && !defaults.auth.tempfail_on_dns_error);
+        assert_eq!(defaults.dns.timeout_ms, 2000);
+        assert!(defaults.dns.nameservers.is_empty());
+        let e = Config::parse("[dns]\nnameservers = [\"resolver\"]\n", "m.toml").expect_err("bad");
+        assert!(e.to_string().contains("dns.nameservers"), "{e}");
+        let e = Config::parse("[auth]\ntrusted_networks = [\"x\"]\n", "m.toml").expect_err("bad");
+        assert!(e.to_string().contains("auth.trusted_networks"), "{e}");
+        let e = Config::parse("[auth]\nspf_reject = true\n", "m.toml").expect_err("unknown");
+        assert!(e.to_string().starts_with("m.toml:2:"), "{e}");
     }
 
     #[test]

@@ -23,6 +23,9 @@ pub struct HeaderEdits {
     pub add: Vec<String>,
     /// Added at the start of the first Subject (or as a new Subject if there is none).
     pub subject_prefix: Option<String>,
+    /// Remove `Authentication-Results` fields claiming this authserv-id (ours: RFC 8601 §5),
+    /// keep those of other hosts.
+    pub remove_auth_results_for: Option<String>,
 }
 
 /// The X-Spam-* headers for a decision (SpamAssassin's format).
@@ -111,6 +114,16 @@ pub fn apply(message: &[u8], edits: &HeaderEdits) -> Vec<u8> {
                 .as_deref()
                 .is_some_and(|n| edits.remove.iter().any(|r| r.eq_ignore_ascii_case(n)));
             if !removing
+                && let Some(id) = &edits.remove_auth_results_for
+                && name
+                    .as_deref()
+                    .is_some_and(|n| n.eq_ignore_ascii_case("Authentication-Results"))
+            {
+                let colon = content.iter().position(|&b| b == b':').unwrap_or(0);
+                let value = String::from_utf8_lossy(content.get(colon + 1..).unwrap_or(&[]));
+                removing = super::auth::claims_authserv_id(&value, id);
+            }
+            if !removing
                 && !subject_done
                 && name
                     .as_deref()
@@ -154,7 +167,24 @@ mod tests {
             remove: remove.iter().map(|s| s.to_string()).collect(),
             add: add.iter().map(|s| s.to_string()).collect(),
             subject_prefix: prefix.map(str::to_string),
+            remove_auth_results_for: None,
         }
+    }
+
+    #[test]
+    fn removes_only_our_authentication_results() {
+        let msg = b"Authentication-Results: mx.example.test; dmarc=pass\r\n\theader.from=x\r\nAuthentication-Results: other.example; spf=fail\r\nFrom: a@b\r\n\r\nbody\r\n";
+        let mut e = edits(
+            &[],
+            &["Authentication-Results: mx.example.test; spf=none"],
+            None,
+        );
+        e.remove_auth_results_for = Some("mx.example.test".into());
+        let out = apply(msg, &e);
+        assert_eq!(
+            out,
+            b"Authentication-Results: mx.example.test; spf=none\r\nAuthentication-Results: other.example; spf=fail\r\nFrom: a@b\r\n\r\nbody\r\n"
+        );
     }
 
     #[test]

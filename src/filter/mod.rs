@@ -8,6 +8,7 @@
 //! time budget) → score → policy → action and header edits. The rule set and policy live in
 //! one `Engine` that reloads swap atomically; a scan keeps the engine it started with.
 
+pub mod auth;
 pub mod headers;
 pub mod message;
 pub mod policy;
@@ -24,9 +25,10 @@ use arc_swap::ArcSwap;
 use serde_json::json;
 use tokio::sync::Semaphore;
 
-use crate::config::{Action as PolicyAction, Config, PolicyConfig, RulesConfig};
+use crate::config::{Action as PolicyAction, AuthConfig, Config, PolicyConfig, RulesConfig};
 use crate::envelope::Envelope;
 use crate::smtp::reply::Reply;
+use auth::{AuthInput, AuthResults, Authenticator};
 use headers::{HeaderEdits, SPAM_HEADERS};
 use message::Message;
 use policy::{Decision, Policy};
@@ -111,6 +113,8 @@ pub struct ScanContext {
     pub helo: Option<String>,
     pub from: String,
     pub recipients: Vec<String>,
+    /// Symbols already set before the rules run (e.g. the sender authentication results).
+    pub preset: Vec<String>,
 }
 
 /// Symbols the filter sets itself.
@@ -187,7 +191,7 @@ impl Engine {
             };
         }
         let message = Message::parse(raw);
-        let mut preset: Vec<&str> = Vec::new();
+        let mut preset: Vec<&str> = ctx.preset.iter().map(String::as_str).collect();
         if !message.problems().is_empty() {
             preset.push(SYMBOL_MIME_MALFORMED);
         }
@@ -236,6 +240,11 @@ pub struct Filter {
     rules_config: RulesConfig,
     policy_config: PolicyConfig,
     quarantine: Option<Quarantine>,
+    /// Sender authentication; `None` when `[auth] enabled = false`.
+    auth: Option<Authenticator>,
+    auth_config: AuthConfig,
+    /// Our authserv-id (`server.hostname`).
+    hostname: String,
     /// Bounds concurrent scans to the CPU count, so a burst queues instead of thrashing.
     scan_slots: Semaphore,
     status: Mutex<LoadStatus>,
@@ -249,11 +258,22 @@ impl Filter {
         let quarantine = (!config.policy.quarantine_dir.is_empty())
             .then(|| Quarantine::new(std::path::Path::new(&config.policy.quarantine_dir)));
         let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let auth = if config.auth.enabled {
+            Some(
+                Authenticator::new(&config.dns, &config.auth, &config.server.hostname)
+                    .map_err(|e| vec![e])?,
+            )
+        } else {
+            None
+        };
         Ok(Filter {
             engine: ArcSwap::from_pointee(engine),
             rules_config: config.rules.clone(),
             policy_config: config.policy.clone(),
             quarantine,
+            auth,
+            auth_config: config.auth.clone(),
+            hostname: config.server.hostname.clone(),
             scan_slots: Semaphore::new(cpus),
             status: Mutex::new(status),
         })
@@ -302,9 +322,27 @@ impl Filter {
         }
     }
 
+    /// The sender authentication checks, if enabled.
+    pub fn authenticator(&self) -> Option<&Authenticator> {
+        self.auth.as_ref()
+    }
+
     /// Scans a message for the proxy and turns the decision into a verdict.
     pub async fn check(&self, envelope: &Envelope, message: &[u8]) -> Verdict {
-        let ctx = ScanContext {
+        // Sender authentication first (async DNS, each stage time-bounded); its results are
+        // rule symbols for the scan.
+        let auth = match &self.auth {
+            Some(a) => {
+                let input = AuthInput {
+                    ip: Some(envelope.client.addr.ip()),
+                    helo: envelope.client.helo.clone(),
+                    mail_from: envelope.mail_from.address.clone(),
+                };
+                Some(a.check(&input, message).await)
+            }
+            None => None,
+        };
+        let mut ctx = ScanContext {
             ip: Some(envelope.client.addr.ip()),
             helo: envelope.client.helo.clone(),
             from: envelope.mail_from.address.clone(),
@@ -313,7 +351,11 @@ impl Filter {
                 .iter()
                 .map(|r| r.address.clone())
                 .collect(),
+            preset: Vec::new(),
         };
+        if let Some(a) = &auth {
+            ctx.preset = a.symbols.clone();
+        }
         let engine = self.engine();
         let budget = Duration::from_millis(self.rules_config.scan_timeout_ms);
         let raw = message.to_vec();
@@ -329,10 +371,112 @@ impl Filter {
                 };
             }
         };
-        self.verdict(envelope, message, scan).await
+        self.verdict(envelope, message, scan, auth.as_ref()).await
     }
 
-    async fn verdict(&self, envelope: &Envelope, message: &[u8], scan: Scan) -> Verdict {
+    /// What the sender authentication results demand, stricter than the score's decision
+    /// or not: (action, reply for a refusal, reason). Allowlisted mail is exempt.
+    fn auth_policy(
+        &self,
+        auth: &AuthResults,
+        ip: Option<IpAddr>,
+    ) -> Option<(PolicyAction, Option<Reply>, String)> {
+        let cfg = &self.auth_config;
+        let trusted = self
+            .auth
+            .as_ref()
+            .zip(ip)
+            .is_some_and(|(a, ip)| a.is_trusted(ip));
+        if cfg.tempfail_on_dns_error && (auth.spf_temperror || auth.dmarc_temperror) {
+            let (enhanced, what) = if auth.spf_temperror {
+                ("4.7.24", "SPF")
+            } else {
+                ("4.4.3", "DMARC")
+            };
+            return Some((
+                PolicyAction::Tempfail,
+                Some(Reply::new(
+                    451,
+                    enhanced,
+                    format!("Temporary DNS error during the {what} check, try again later"),
+                )),
+                format!("{} temperror", what.to_ascii_lowercase()),
+            ));
+        }
+        if cfg.dmarc_enforce && !trusted && auth.dmarc_reject() {
+            return Some((
+                PolicyAction::Reject,
+                Some(Reply::new(
+                    550,
+                    "5.7.1",
+                    format!(
+                        "Message rejected: it fails the DMARC policy (p=reject) of {}",
+                        auth.dmarc_domain
+                    ),
+                )),
+                format!("dmarc reject {}", auth.dmarc_domain),
+            ));
+        }
+        if cfg.spf_reject_fail && !trusted && auth.spf == Some("fail") {
+            return Some((
+                PolicyAction::Reject,
+                Some(Reply::new(
+                    550,
+                    "5.7.23",
+                    "Message rejected: SPF check of the sender failed",
+                )),
+                "spf fail".into(),
+            ));
+        }
+        if cfg.dmarc_enforce && !trusted && auth.dmarc_quarantine() {
+            let action = if self.quarantine.is_some() {
+                PolicyAction::Quarantine
+            } else {
+                PolicyAction::Tag
+            };
+            return Some((
+                action,
+                None,
+                format!("dmarc quarantine {}", auth.dmarc_domain),
+            ));
+        }
+        None
+    }
+
+    /// Makes the scan's decision stricter where the authentication results demand it
+    /// (DMARC reject/quarantine, SPF fail, DNS tempfail; never for allowlisted mail); returns
+    /// the reply a refusal should get.
+    pub fn apply_auth_policy(
+        &self,
+        scan: &mut Scan,
+        auth: &AuthResults,
+        ip: Option<IpAddr>,
+    ) -> Option<Reply> {
+        if scan.hit_names().contains(&SYMBOL_ALLOWLIST) {
+            return None;
+        }
+        let (action, reply, reason) = self.auth_policy(auth, ip)?;
+        if action <= scan.decision.action {
+            return None;
+        }
+        scan.decision.action = action;
+        scan.decision.reason = reason;
+        if action == PolicyAction::Tag && scan.decision.subject_prefix.is_none() {
+            let prefix = &self.policy_config.subject_prefix;
+            scan.decision.subject_prefix = (!prefix.is_empty()).then(|| prefix.clone());
+        }
+        reply
+    }
+
+    async fn verdict(
+        &self,
+        envelope: &Envelope,
+        message: &[u8],
+        mut scan: Scan,
+        auth: Option<&AuthResults>,
+    ) -> Verdict {
+        let auth_reply = auth
+            .and_then(|a| self.apply_auth_policy(&mut scan, a, Some(envelope.client.addr.ip())));
         let d = &scan.decision;
         let names = scan.hit_names();
         let summary = format!(
@@ -375,17 +519,17 @@ impl Filter {
                 if let Err(e) = self.quarantine_copy(envelope, message, &scan).await {
                     tracing::warn!(id = %envelope.id, error = %e, "could not keep a copy of the rejected message");
                 }
-                Action::Reject(Reply::new(
-                    550,
-                    "5.7.1",
-                    refusal_text("Message rejected as spam"),
-                ))
+                Action::Reject(auth_reply.clone().unwrap_or_else(|| {
+                    Reply::new(550, "5.7.1", refusal_text("Message rejected as spam"))
+                }))
             }
-            PolicyAction::Tempfail => Action::TempFail(Reply::new(
-                451,
-                "4.7.1",
-                refusal_text("Message deferred by policy, try again later"),
-            )),
+            PolicyAction::Tempfail => Action::TempFail(auth_reply.clone().unwrap_or_else(|| {
+                Reply::new(
+                    451,
+                    "4.7.1",
+                    refusal_text("Message deferred by policy, try again later"),
+                )
+            })),
             PolicyAction::Quarantine => {
                 match self.quarantine_copy(envelope, message, &scan).await {
                     Ok(true) => Action::Drop(crate::smtp::reply::accepted(&envelope.id)),
@@ -397,10 +541,13 @@ impl Filter {
             }
             PolicyAction::Discard => Action::Drop(crate::smtp::reply::accepted(&envelope.id)),
         };
+        let mut add = auth.map(|a| a.headers.clone()).unwrap_or_default();
+        add.extend(headers::spam_headers(d, &names));
         let edits = HeaderEdits {
             remove: SPAM_HEADERS.iter().map(|s| s.to_string()).collect(),
-            add: headers::spam_headers(d, &names),
+            add,
             subject_prefix: d.subject_prefix.clone(),
+            remove_auth_results_for: self.auth.as_ref().map(|_| self.hostname.clone()),
         };
         Verdict {
             action,

@@ -1,0 +1,537 @@
+//! Sender authentication: SPF (RFC 7208), DKIM (RFC 6376, RFC 8463), ARC (RFC 8617) and
+//! DMARC (RFC 7489) with mail-auth, over one shared async resolver.
+//!
+//! One [`Authenticator`] is built from `[dns]` and `[auth]` at start-up and shared by all
+//! sessions (the resolver caches answers). Per message, [`Authenticator::check`] runs SPF for
+//! the EHLO and the MAIL FROM identities, DKIM on every signature and ARC chain validation
+//! concurrently, then DMARC on their results. Every stage is bounded in time; a DNS failure or
+//! an overrun gives the RFC's temperror, never a hang. The outcome is a set of rule symbols
+//! (scored in `rules/05_auth.cf`), the `Authentication-Results` (RFC 8601) and `Received-SPF`
+//! header texts, and what the policy needs to know (DMARC reject/quarantine, DNS errors).
+
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+use mail_auth::common::headers::HeaderWriter;
+use mail_auth::dmarc::Policy as DmarcPolicy;
+use mail_auth::dmarc::verify::DmarcParameters;
+use mail_auth::hickory_resolver::config::{NameServerConfig, ResolverConfig, ResolverOpts};
+use mail_auth::hickory_resolver::system_conf::read_system_conf;
+use mail_auth::spf::verify::SpfParameters;
+use mail_auth::{
+    ArcOutput, AuthenticatedMessage, AuthenticationResults, DkimOutput, DkimResult, DmarcOutput,
+    DmarcResult, DnsError, Error as AuthError, MessageAuthenticator, ReceivedSpf, SpfOutput,
+    SpfResult,
+};
+use serde_json::json;
+
+use crate::config::{AuthConfig, DnsConfig};
+
+/// Who sent the message, as far as the checks care.
+#[derive(Debug, Clone, Default)]
+pub struct AuthInput {
+    /// The client's address; without it SPF is not checked.
+    pub ip: Option<IpAddr>,
+    /// The EHLO/HELO argument.
+    pub helo: Option<String>,
+    /// The MAIL FROM address ("" for the null sender).
+    pub mail_from: String,
+}
+
+/// One DKIM signature's outcome.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DkimSummary {
+    /// RFC 8601 result: pass, fail, neutral, temperror, permerror.
+    pub result: &'static str,
+    pub domain: String,
+    pub selector: String,
+}
+
+/// The outcome of the checks for one message.
+#[derive(Debug, Clone, Default)]
+pub struct AuthResults {
+    /// SPF for the MAIL FROM identity (RFC 8601 result word); `None`: not checked.
+    pub spf: Option<&'static str>,
+    /// SPF for the EHLO identity; `None`: not checked.
+    pub spf_helo: Option<&'static str>,
+    /// One entry per DKIM signature (empty: the message has none).
+    pub dkim: Vec<DkimSummary>,
+    /// ARC chain: pass, fail, none, …
+    pub arc: &'static str,
+    /// DMARC: pass, fail, none, temperror, permerror; `None`: not checked.
+    pub dmarc: Option<&'static str>,
+    /// The policy the From domain asks for on failure (none, quarantine, reject), after sp/np
+    /// and t=y.
+    pub dmarc_policy: &'static str,
+    /// The RFC5322.From domain DMARC looked at.
+    pub dmarc_domain: String,
+    /// Rule symbols for the scan.
+    pub symbols: Vec<String>,
+    /// Complete header fields to add (no final CRLF): Authentication-Results, Received-SPF.
+    pub headers: Vec<String>,
+    /// SPF (MAIL FROM identity) gave temperror.
+    pub spf_temperror: bool,
+    /// DMARC gave temperror.
+    pub dmarc_temperror: bool,
+    /// Time the checks took.
+    pub elapsed: Duration,
+}
+
+impl AuthResults {
+    /// DMARC failed and the domain asks for rejection.
+    pub fn dmarc_reject(&self) -> bool {
+        self.dmarc == Some("fail") && self.dmarc_policy == "reject"
+    }
+
+    /// DMARC failed and the domain asks for quarantine.
+    pub fn dmarc_quarantine(&self) -> bool {
+        self.dmarc == Some("fail") && self.dmarc_policy == "quarantine"
+    }
+
+    /// The `"auth"` object of `mailwarden scan --json`.
+    pub fn to_json(&self) -> serde_json::Value {
+        json!({
+            "spf": self.spf.unwrap_or("skipped"),
+            "spf_helo": self.spf_helo.unwrap_or("skipped"),
+            "dkim": self.dkim.iter().map(|d| json!({
+                "result": d.result, "domain": d.domain, "selector": d.selector,
+            })).collect::<Vec<_>>(),
+            "dmarc": self.dmarc.unwrap_or("skipped"),
+            "dmarc_policy": self.dmarc_policy,
+            "dmarc_domain": self.dmarc_domain,
+            "arc": self.arc,
+            "headers": self.headers,
+            "elapsed_ms": (self.elapsed.as_secs_f64() * 1000.0 * 100.0).round() / 100.0,
+        })
+    }
+}
+
+/// The configured checks with their shared resolver.
+pub struct Authenticator {
+    inner: MessageAuthenticator,
+    hostname: String,
+    /// Budget of one stage (SPF/DKIM/ARC together, then DMARC).
+    stage_budget: Duration,
+    trusted: Vec<ipnet::IpNet>,
+}
+
+impl Authenticator {
+    /// Builds the resolver from `[dns]` (system resolver when no name servers are listed).
+    pub fn new(
+        dns: &DnsConfig,
+        auth: &AuthConfig,
+        hostname: &str,
+    ) -> Result<Authenticator, String> {
+        let timeout = Duration::from_millis(dns.timeout_ms.max(1));
+        let addrs = dns.nameserver_addrs()?;
+        let (config, mut opts) = if addrs.is_empty() {
+            read_system_conf().map_err(|e| {
+                format!("cannot read the system resolver configuration (/etc/resolv.conf): {e}; set [dns] nameservers")
+            })?
+        } else {
+            let servers = addrs
+                .iter()
+                .map(|addr| {
+                    let mut ns = NameServerConfig::udp_and_tcp(addr.ip());
+                    for conn in &mut ns.connections {
+                        conn.port = addr.port();
+                    }
+                    ns
+                })
+                .collect();
+            (
+                ResolverConfig::from_parts(None, vec![], servers),
+                ResolverOpts::default(),
+            )
+        };
+        // One try per server within the lookup timeout: the stage budgets below bound the
+        // whole check, and a retry would only double the wait on a dead server.
+        opts.timeout = timeout;
+        opts.attempts = 1;
+        let inner = MessageAuthenticator::new(config, opts)
+            .map_err(|e| format!("cannot set up the DNS resolver: {e}"))?;
+        Ok(Authenticator {
+            inner,
+            hostname: hostname.to_string(),
+            // SPF may chain several lookups (include:, a, mx), each within `timeout`.
+            stage_budget: timeout * 2,
+            trusted: auth.trusted_nets()?,
+        })
+    }
+
+    /// Whether SPF and DMARC are skipped for this client (`auth.trusted_networks`).
+    pub fn is_trusted(&self, ip: IpAddr) -> bool {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
+        self.trusted.iter().any(|net| net.contains(&ip))
+    }
+
+    /// Runs SPF, DKIM, ARC and DMARC for one message.
+    pub async fn check(&self, input: &AuthInput, raw: &[u8]) -> AuthResults {
+        let started = Instant::now();
+        let budget = self.stage_budget;
+        let helo = input.helo.as_deref().unwrap_or("").trim();
+        let mail_from = input.mail_from.trim();
+        let spf_ip = input.ip.filter(|ip| !self.is_trusted(*ip));
+        let message = AuthenticatedMessage::parse(raw);
+
+        // Stage 1: SPF (both identities), DKIM and ARC at once.
+        let spf_helo_fut = async {
+            match spf_ip {
+                Some(ip) if !helo.is_empty() => Some(
+                    bounded(
+                        budget,
+                        self.inner
+                            .verify_spf(SpfParameters::verify_ehlo(ip, helo, &self.hostname)),
+                        || SpfOutput::new(helo.to_string()).with_result(SpfResult::TempError),
+                    )
+                    .await,
+                ),
+                _ => None,
+            }
+        };
+        let spf_from_fut = async {
+            match spf_ip {
+                // The null sender is checked as postmaster@<HELO> (RFC 7208 §2.4).
+                Some(ip) if !mail_from.is_empty() || !helo.is_empty() => Some(
+                    bounded(
+                        budget,
+                        self.inner.verify_spf(SpfParameters::verify_mail_from(
+                            ip,
+                            helo,
+                            &self.hostname,
+                            mail_from,
+                        )),
+                        || {
+                            SpfOutput::new(domain_of(mail_from).unwrap_or(helo).to_string())
+                                .with_result(SpfResult::TempError)
+                        },
+                    )
+                    .await,
+                ),
+                _ => None,
+            }
+        };
+        let dkim_fut = async {
+            match &message {
+                Some(m) => {
+                    bounded(budget, self.inner.verify_dkim(m), || {
+                        vec![DkimOutput::temp_err(timeout_error())]
+                    })
+                    .await
+                }
+                None => Vec::new(),
+            }
+        };
+        let arc_fut = async {
+            match &message {
+                Some(m) => {
+                    bounded(budget, self.inner.verify_arc(m), || {
+                        ArcOutput::default().with_result(DkimResult::TempError(timeout_error()))
+                    })
+                    .await
+                }
+                None => ArcOutput::default(),
+            }
+        };
+        let (spf_helo, spf_from, dkim, arc) =
+            tokio::join!(spf_helo_fut, spf_from_fut, dkim_fut, arc_fut);
+
+        // Stage 2: DMARC on the From domain, from the SPF (MAIL FROM) and DKIM results.
+        let from_domain = message
+            .as_ref()
+            .and_then(|m| m.from.first())
+            .and_then(|f| domain_of(f))
+            .unwrap_or("")
+            .to_ascii_lowercase();
+        let trusted = input.ip.is_some_and(|ip| self.is_trusted(ip));
+        let dmarc = match &message {
+            Some(m) if !trusted && !from_domain.is_empty() => {
+                let spf_for_dmarc = spf_from.clone().unwrap_or_default();
+                let spf_domain = if mail_from.is_empty() {
+                    helo
+                } else {
+                    domain_of(mail_from).unwrap_or("")
+                };
+                Some(
+                    bounded(
+                        budget,
+                        self.inner.verify_dmarc(DmarcParameters::new(
+                            m,
+                            &dkim,
+                            spf_domain,
+                            &spf_for_dmarc,
+                        )),
+                        || {
+                            DmarcOutput::new(from_domain.clone())
+                                .with_spf_result(DmarcResult::TempError(timeout_error()))
+                                .with_dkim_result(DmarcResult::TempError(timeout_error()))
+                        },
+                    )
+                    .await,
+                )
+            }
+            _ => None,
+        };
+
+        let mut out = AuthResults {
+            spf: spf_from.as_ref().map(|o| spf_word(o.result())),
+            spf_helo: spf_helo.as_ref().map(|o| spf_word(o.result())),
+            arc: dkim_word(arc.result()),
+            ..AuthResults::default()
+        };
+        // Symbols.
+        let mut symbols: Vec<String> = Vec::new();
+        if let Some(o) = &spf_from {
+            symbols.push(format!("SPF_{}", spf_symbol(o.result())));
+            out.spf_temperror = o.result() == SpfResult::TempError;
+        }
+        if let Some(o) = &spf_helo {
+            symbols.push(format!("SPF_HELO_{}", spf_symbol(o.result())));
+        }
+        for d in &dkim {
+            let (domain, selector) = d
+                .signature()
+                .map(|s| (s.d.clone(), s.s.clone()))
+                .unwrap_or_default();
+            out.dkim.push(DkimSummary {
+                result: dkim_word(d.result()),
+                domain,
+                selector,
+            });
+        }
+        if out.dkim.is_empty() {
+            symbols.push("DKIM_NONE".into());
+        }
+        if out.dkim.iter().any(|d| d.result == "pass") {
+            symbols.push("DKIM_VALID".into());
+            if out
+                .dkim
+                .iter()
+                .any(|d| d.result == "pass" && d.domain.eq_ignore_ascii_case(&from_domain))
+            {
+                symbols.push("DKIM_VALID_AU".into());
+            }
+        }
+        if out
+            .dkim
+            .iter()
+            .any(|d| matches!(d.result, "fail" | "neutral" | "permerror"))
+        {
+            symbols.push("DKIM_INVALID".into());
+        }
+        if out.dkim.iter().any(|d| d.result == "temperror") {
+            symbols.push("DKIM_TEMPERROR".into());
+        }
+        symbols.push(
+            match out.arc {
+                "pass" => "ARC_VALID",
+                "none" => "ARC_NONE",
+                _ => "ARC_INVALID",
+            }
+            .into(),
+        );
+        if let Some(d) = &dmarc {
+            out.dmarc_domain = d.domain().to_string();
+            out.dmarc_policy = match d.policy() {
+                DmarcPolicy::Reject => "reject",
+                DmarcPolicy::Quarantine => "quarantine",
+                DmarcPolicy::None | DmarcPolicy::Unspecified => "none",
+            };
+            let word = dmarc_word(&d.result());
+            out.dmarc = Some(word);
+            out.dmarc_temperror = word == "temperror";
+            symbols.push(
+                match (word, out.dmarc_policy) {
+                    ("pass", _) => "DMARC_PASS",
+                    ("fail", "reject") => "DMARC_REJECT",
+                    ("fail", "quarantine") => "DMARC_QUARANTINE",
+                    ("fail", _) => "DMARC_POLICY_NONE",
+                    ("temperror", _) => "DMARC_TEMPERROR",
+                    ("permerror", _) => "DMARC_PERMERROR",
+                    _ => "DMARC_NONE",
+                }
+                .into(),
+            );
+        } else {
+            out.dmarc_policy = "none";
+        }
+        out.symbols = symbols;
+
+        // Headers: Authentication-Results in the order spf; dkim; dmarc; arc.
+        let host = self.hostname.as_str();
+        let part = |ar: AuthenticationResults<'_>| {
+            let text = ar.to_string();
+            text.get(host.len()..).unwrap_or("").to_string()
+        };
+        let mut ar = String::new();
+        if let (Some(ip), Some(o)) = (spf_ip, &spf_from) {
+            ar.push_str(&part(
+                AuthenticationResults::new(host).with_spf_mailfrom_result(o, ip, mail_from, helo),
+            ));
+        }
+        if let (Some(ip), Some(o)) = (spf_ip, &spf_helo) {
+            ar.push_str(&part(
+                AuthenticationResults::new(host).with_spf_ehlo_result(o, ip, helo),
+            ));
+        }
+        if dkim.is_empty() {
+            ar.push_str(";\r\n\tdkim=none");
+        } else {
+            ar.push_str(&part(
+                AuthenticationResults::new(host).with_dkim_results(&dkim, &from_domain),
+            ));
+        }
+        if let Some(d) = &dmarc {
+            ar.push_str(&part(AuthenticationResults::new(host).with_dmarc_result(d)));
+        }
+        match input.ip {
+            Some(ip) => ar.push_str(&part(
+                AuthenticationResults::new(host).with_arc_result(&arc, ip),
+            )),
+            None => ar.push_str(&format!(";\r\n\tarc={}", out.arc)),
+        }
+        out.headers
+            .push(format!("Authentication-Results: {host}{ar}"));
+        // Received-SPF for the identity that was checked (RFC 7208 §9.1).
+        if let Some(ip) = spf_ip {
+            let checked = if mail_from.is_empty() {
+                spf_helo.as_ref().or(spf_from.as_ref())
+            } else {
+                spf_from.as_ref()
+            };
+            if let Some(o) = checked {
+                let field = ReceivedSpf::new(o, ip, helo, mail_from, host).to_header();
+                out.headers.push(field.trim_end_matches("\r\n").to_string());
+            }
+        }
+        out.elapsed = started.elapsed();
+        out
+    }
+}
+
+/// Runs `fut` within `budget`; on overrun gives `on_timeout()`.
+async fn bounded<T>(
+    budget: Duration,
+    fut: impl std::future::Future<Output = T>,
+    on_timeout: impl FnOnce() -> T,
+) -> T {
+    match tokio::time::timeout(budget, fut).await {
+        Ok(v) => v,
+        Err(_) => on_timeout(),
+    }
+}
+
+fn timeout_error() -> AuthError {
+    AuthError::Dns(DnsError::Resolver("timed out".into()))
+}
+
+/// The domain of an address (`user@domain`), lowercased by the caller where it matters.
+fn domain_of(address: &str) -> Option<&str> {
+    address
+        .rsplit_once('@')
+        .map(|(_, d)| d.trim_end_matches('>').trim())
+        .filter(|d| !d.is_empty())
+}
+
+fn spf_word(r: SpfResult) -> &'static str {
+    match r {
+        SpfResult::Pass => "pass",
+        SpfResult::Fail => "fail",
+        SpfResult::SoftFail => "softfail",
+        SpfResult::Neutral => "neutral",
+        SpfResult::TempError => "temperror",
+        SpfResult::PermError => "permerror",
+        SpfResult::None => "none",
+    }
+}
+
+fn spf_symbol(r: SpfResult) -> &'static str {
+    match r {
+        SpfResult::Pass => "PASS",
+        SpfResult::Fail => "FAIL",
+        SpfResult::SoftFail => "SOFTFAIL",
+        SpfResult::Neutral => "NEUTRAL",
+        SpfResult::TempError => "TEMPERROR",
+        SpfResult::PermError => "PERMERROR",
+        SpfResult::None => "NONE",
+    }
+}
+
+fn dkim_word(r: &DkimResult) -> &'static str {
+    match r {
+        DkimResult::Pass => "pass",
+        DkimResult::Neutral(_) => "neutral",
+        DkimResult::Fail(_) => "fail",
+        DkimResult::PermError(_) => "permerror",
+        DkimResult::TempError(_) => "temperror",
+        DkimResult::None => "none",
+    }
+}
+
+fn dmarc_word(r: &DmarcResult) -> &'static str {
+    match r {
+        DmarcResult::Pass => "pass",
+        DmarcResult::Fail(_) => "fail",
+        DmarcResult::TempError(_) => "temperror",
+        DmarcResult::PermError(_) => "permerror",
+        DmarcResult::None => "none",
+    }
+}
+
+/// Whether an `Authentication-Results` field value claims `authserv_id` (RFC 8601 §2.2: the
+/// authserv-id is the first token, before any version and the first `;`).
+pub fn claims_authserv_id(value: &str, authserv_id: &str) -> bool {
+    let mut v = value.trim_start();
+    // Skip leading comments, e.g. "(forged) mx.example.org; ...".
+    while let Some(rest) = v.strip_prefix('(') {
+        match rest.find(')') {
+            Some(end) => v = rest[end + 1..].trim_start(),
+            None => return false,
+        }
+    }
+    let id = v
+        .split(|c: char| c == ';' || c.is_whitespace() || c == '(')
+        .next()
+        .unwrap_or("");
+    !id.is_empty() && id.eq_ignore_ascii_case(authserv_id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn authserv_id_matching() {
+        assert!(claims_authserv_id(
+            " mx.example.test; spf=pass",
+            "mx.example.test"
+        ));
+        assert!(claims_authserv_id(
+            "MX.Example.Test 1; dkim=pass",
+            "mx.example.test"
+        ));
+        assert!(claims_authserv_id(
+            "(c) mx.example.test;\r\n\tspf=pass",
+            "mx.example.test"
+        ));
+        assert!(!claims_authserv_id(
+            " other.example; spf=pass",
+            "mx.example.test"
+        ));
+        assert!(!claims_authserv_id(
+            " mx.example.test.evil; x",
+            "mx.example.test"
+        ));
+        assert!(!claims_authserv_id("", "mx.example.test"));
+    }
+
+    #[test]
+    fn domain_of_addresses() {
+        assert_eq!(domain_of("a@example.test"), Some("example.test"));
+        assert_eq!(domain_of(""), None);
+        assert_eq!(domain_of("a@"), None);
+    }
+}
