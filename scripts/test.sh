@@ -24,7 +24,7 @@ have postconf || missing+=(postfix)
 have swaks || missing+=(swaks)
 have script || missing+=(bsdutils)
 # A loopback DNS server for the sender authentication tests (tests/auth.rs).
-have dnsmasq || missing+=(dnsmasq)
+have dnsmasq || missing+=(dnsmasq-base)
 # SpamAssassin's stock rules are read at test time (compatibility test), never copied here.
 [ -d /usr/share/spamassassin ] || missing+=(spamassassin)
 getent passwd postfix >/dev/null 2>&1 || missing+=(postfix)

@@ -1,4 +1,4 @@
-//! Sender authentication against a real DNS server on loopback: dnsmasq (package dnsmasq)
+//! Sender authentication against a real DNS server on loopback: dnsmasq (package dnsmasq-base)
 //! serves SPF, DKIM and DMARC records for `*.test` domains, and the production resolver code
 //! ([`Authenticator`] built from a `[dns]` config) is pointed at it. No mocked verifier.
 
@@ -48,7 +48,9 @@ impl Dns {
         let dnsmasq = ["/usr/sbin/dnsmasq", "/usr/bin/dnsmasq"]
             .into_iter()
             .find(|p| Path::new(p).exists())
-            .expect("dnsmasq is not installed: apt-get install dnsmasq (scripts/test.sh does)");
+            .expect(
+                "dnsmasq is not installed: apt-get install dnsmasq-base (scripts/test.sh does)",
+            );
         for _attempt in 0..5 {
             let dir = tempfile::tempdir().expect("temp dir");
             let port = free_port();
