@@ -61,5 +61,15 @@ cargo clippy --all-targets -- -D warnings
 # threads than the machine's 2 cores finish sooner; RUST_TEST_THREADS set by the caller wins.
 export RUST_TEST_THREADS="${RUST_TEST_THREADS:-4}"
 
-echo "==> cargo test --all-targets --no-fail-fast $*"
-cargo test --all-targets --no-fail-fast "$@"
+# Library, binary and integration tests. Benchmarks are compiled by clippy above but not run
+# here: they take minutes (cargo bench, benches/*.sh).
+echo "==> cargo test --lib --bins --tests --no-fail-fast $*"
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+status=0
+cargo test --lib --bins --tests --no-fail-fast "$@" 2>&1 | tee "$log" || status=$?
+
+# One closing line for the whole run, summed over every test binary.
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed;?$/) p += $i; if ($(i+1) ~ /^failed;?$/) f += $i; if ($(i+1) ~ /^ignored;?$/) g += $i } }
+     END { printf "%d passed, %d failed, %d skipped\n", p, f, g }' "$log"
+exit "$status"
