@@ -18,6 +18,7 @@
 #   benches/proxy-load.sh                       # R=3 rounds, M=5000 msgs, L=4096 bytes, S=20 sessions
 #   S=100 benches/proxy-load.sh --no-build      # 100 parallel sessions (same as --sessions 100)
 #   benches/proxy-load.sh -s 1 -m 500           # one session: per-message latency
+#   RULES=none benches/proxy-load.sh            # the bare proxy path, without content rules
 #   benches/proxy-load.sh --rounds 5 --messages 10000 --length 65536
 #
 # Options (environment variable in brackets; long name or one-letter form):
@@ -195,6 +196,7 @@ done
 [[ -n $SINK_PORT ]] || { cat "$WORK/sink.log" >&2; die "could not start smtp-sink"; }
 
 # ---------------------------------------------------------------- mailwarden
+if [[ ${RULES:-} == none ]]; then RULES_PATHS=""; else RULES_PATHS="\"$ROOT/rules\""; fi
 cat >"$WORK/mailwarden.toml" <<EOF
 [server]
 listen = ["127.0.0.1:0"]
@@ -205,8 +207,9 @@ max_sessions_per_ip = 1000
 url = "smtp://127.0.0.1:$SINK_PORT"
 xclient = "auto"
 [rules]
-# The shipped rule set: the proxied path includes scanning every message.
-paths = ["$ROOT/rules"]
+# The shipped rule set by default: the proxied path includes scanning every message.
+# RULES=none measures the bare proxy path (no content rules).
+paths = [$RULES_PATHS]
 watch = false
 [auth]
 # Sender authentication needs a DNS server with the senders' records; smtp-source's
