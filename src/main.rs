@@ -1,6 +1,5 @@
 //! The `mailwarden` command: thin wrapper over the library.
 
-use std::net::IpAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -30,31 +29,7 @@ enum Commands {
     },
     /// Show the verdict for message files (or standard input with "-"), as the proxy would.
     /// Exit code: 0 accept, 1 tag, 2 reject or other refusal, 3 error.
-    Scan {
-        /// Configuration file (default: mailwarden.toml if present, else built-in defaults).
-        #[arg(long, short = 'c')]
-        config: Option<PathBuf>,
-        /// One JSON object per message.
-        #[arg(long)]
-        json: bool,
-        /// List every rule that hit, with score and description.
-        #[arg(long)]
-        explain: bool,
-        /// Client IP address (for allow/deny lists and sender checks).
-        #[arg(long)]
-        ip: Option<IpAddr>,
-        /// Client HELO name.
-        #[arg(long)]
-        helo: Option<String>,
-        /// Envelope sender (MAIL FROM).
-        #[arg(long)]
-        from: Option<String>,
-        /// Envelope recipient (RCPT TO); repeat for several. Chooses per-domain policy.
-        #[arg(long)]
-        rcpt: Vec<String>,
-        /// Message files; "-" reads standard input.
-        files: Vec<PathBuf>,
-    },
+    Scan(cli::scan::ScanOptions),
     /// Rule file tools.
     Rules {
         #[command(subcommand)]
@@ -81,27 +56,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Commands::Serve { config } => serve(&config),
-        Commands::Scan {
-            config,
-            json,
-            explain,
-            ip,
-            helo,
-            from,
-            rcpt,
-            files,
-        } => {
+        Commands::Scan(opts) => {
             init_logging("warn");
-            let opts = cli::scan::ScanOptions {
-                config,
-                json,
-                explain,
-                ip,
-                helo,
-                from,
-                rcpt,
-                files,
-            };
             ExitCode::from(cli::scan::run(&opts))
         }
         Commands::Rules {

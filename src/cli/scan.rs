@@ -15,16 +15,31 @@ use crate::config::Action;
 use crate::filter::auth::{AuthInput, AuthResults};
 use crate::filter::{Filter, Scan, ScanContext};
 
-/// Options of one `scan` run.
-#[derive(Debug, Clone, Default)]
+/// Options of one `scan` run (also its command line).
+#[derive(Debug, Clone, Default, clap::Args)]
 pub struct ScanOptions {
+    /// Configuration file (default: mailwarden.toml if present, else built-in defaults).
+    #[arg(long, short = 'c')]
     pub config: Option<PathBuf>,
+    /// One JSON object per message.
+    #[arg(long)]
     pub json: bool,
+    /// List every rule that hit, with score and description.
+    #[arg(long)]
     pub explain: bool,
+    /// Client IP address (for allow/deny lists and sender checks).
+    #[arg(long)]
     pub ip: Option<IpAddr>,
+    /// Client HELO name.
+    #[arg(long)]
     pub helo: Option<String>,
+    /// Envelope sender (MAIL FROM).
+    #[arg(long)]
     pub from: Option<String>,
+    /// Envelope recipient (RCPT TO); repeat for several. Chooses per-domain policy.
+    #[arg(long)]
     pub rcpt: Vec<String>,
+    /// Message files; "-" reads standard input.
     pub files: Vec<PathBuf>,
 }
 
