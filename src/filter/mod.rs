@@ -213,7 +213,11 @@ impl Engine {
         // `+ 0.0` turns the empty sum (-0.0) into 0.0.
         let score = round2(symbols.iter().map(|s| s.score).sum::<f64>() + 0.0);
         let names: Vec<&str> = symbols.iter().map(|s| s.name.as_str()).collect();
-        let decision = self.policy.decide(score, &names, &ctx.recipients);
+        let decision = self
+            .policy
+            .decide_with(score, &names, &ctx.recipients, &|name| {
+                self.rules.action(name)
+            });
         Scan {
             symbols,
             score,
@@ -586,5 +590,46 @@ fn status_of(rules: &RuleSet) -> LoadStatus {
         rules: report.rules,
         skipped: report.skipped.len(),
         errors: Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn engine(cf: &str) -> Result<Engine, Vec<String>> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("local.cf"), cf).expect("write");
+        let rules = RulesConfig {
+            paths: vec![dir.path().to_path_buf()],
+            ..RulesConfig::default()
+        };
+        Engine::load(&rules, &PolicyConfig::default())
+    }
+
+    #[test]
+    fn rule_file_action_forces_the_verdict() {
+        let e =
+            engine("body MARK /zzqmarker/\nscore MARK 0.1\naction MARK reject\n").expect("load");
+        let ctx = ScanContext::default();
+        let budget = Duration::from_secs(5);
+        let hit = e.scan(b"Subject: x\r\n\r\nzzqmarker\r\n".to_vec(), &ctx, budget);
+        assert_eq!(hit.decision.action, PolicyAction::Reject);
+        assert_eq!(hit.decision.forced_by, vec!["MARK".to_string()]);
+        let miss = e.scan(b"Subject: x\r\n\r\nhello\r\n".to_vec(), &ctx, budget);
+        assert_eq!(miss.decision.action, PolicyAction::Accept);
+    }
+
+    #[test]
+    fn unknown_action_word_is_an_error_with_file_and_line() {
+        let errors = engine("body MARK /x/\n\naction MARK bounce\n")
+            .err()
+            .expect("error");
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.contains("local.cf:3:") && e.contains("bounce")),
+            "{errors:?}"
+        );
     }
 }

@@ -177,6 +177,18 @@ impl Policy {
 
     /// Decides from the score and the names of the rules that hit.
     pub fn decide(&self, score: f64, hits: &[&str], recipients: &[String]) -> Decision {
+        self.decide_with(score, hits, recipients, &|_| None)
+    }
+
+    /// Like `decide`, with the actions rule files force (`action NAME reject` in a .cf);
+    /// `[policy.rules.NAME]` in the config takes precedence over them.
+    pub fn decide_with(
+        &self,
+        score: f64,
+        hits: &[&str],
+        recipients: &[String],
+        file_actions: &dyn Fn(&str) -> Option<Action>,
+    ) -> Decision {
         let mut per_recipient: Vec<(Action, f64, f64, String, String)> = Vec::new();
         let targets: Vec<Option<&str>> = if recipients.is_empty() {
             vec![None]
@@ -215,11 +227,15 @@ impl Policy {
         };
         let mut forced_by = Vec::new();
         for hit in hits {
-            if let Some(rule) = self.config.rules.get(*hit) {
+            let forced = match self.config.rules.get(*hit) {
+                Some(rule) => Some(rule.action),
+                None => file_actions(hit),
+            };
+            if let Some(forced) = forced {
                 forced_by.push(hit.to_string());
-                if rule.action > action {
-                    action = rule.action;
-                    reason = format!("rule {hit} forces {}", rule.action.as_str());
+                if forced > action {
+                    action = forced;
+                    reason = format!("rule {hit} forces {}", forced.as_str());
                 }
             }
         }

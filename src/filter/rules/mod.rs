@@ -176,6 +176,7 @@ pub struct RuleSet {
     /// id → score of one hit (0 for `__` rules).
     scores: Vec<f64>,
     descriptions: HashMap<String, String>,
+    actions: HashMap<String, crate::config::Action>,
     /// Scored, active rules (not `__`), sorted.
     scored: Vec<String>,
     tests: Vec<Test>,
@@ -633,6 +634,7 @@ impl RuleSet {
             ids,
             scores,
             descriptions: defs.describe,
+            actions: defs.actions,
             scored,
             tests,
             metas,
@@ -654,6 +656,11 @@ impl RuleSet {
             .get(name)
             .and_then(|&i| self.scores.get(i))
             .copied()
+    }
+
+    /// The action a rule file forces when rule `name` hits (`action NAME reject`).
+    pub fn action(&self, name: &str) -> Option<crate::config::Action> {
+        self.actions.get(name).copied()
     }
 
     pub fn description(&self, name: &str) -> Option<&str> {

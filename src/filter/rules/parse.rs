@@ -171,6 +171,8 @@ pub struct Defs {
     pub describe: HashMap<String, String>,
     pub tflags: HashMap<String, String>,
     pub priority: HashMap<String, i32>,
+    /// mailwarden's `action NAME reject|tempfail|discard|quarantine|tag|accept`.
+    pub actions: HashMap<String, crate::config::Action>,
     pub replace_tag: HashMap<String, Vec<u8>>,
     pub replace_pre: HashMap<String, Vec<u8>>,
     pub replace_inter: HashMap<String, Vec<u8>>,
@@ -658,6 +660,31 @@ impl Cx<'_> {
                 self.defs
                     .tflags
                     .insert(name, String::from_utf8_lossy(rest).into_owned());
+            }
+            "action" => {
+                let Some((name, rest)) = self.name_and_rest(key, value) else {
+                    return;
+                };
+                use crate::config::Action;
+                let word = String::from_utf8_lossy(rest).trim().to_ascii_lowercase();
+                let action = match word.as_str() {
+                    "accept" => Action::Accept,
+                    "tag" => Action::Tag,
+                    "quarantine" => Action::Quarantine,
+                    "tempfail" => Action::Tempfail,
+                    "discard" => Action::Discard,
+                    "reject" => Action::Reject,
+                    _ => {
+                        return self.error(
+                            Some(&name),
+                            "syntax",
+                            format!(
+                                "action {name}: '{word}' is not one of accept, tag, quarantine, tempfail, discard, reject"
+                            ),
+                        );
+                    }
+                };
+                self.defs.actions.insert(name, action);
             }
             "priority" => {
                 let Some((name, rest)) = self.name_and_rest(key, value) else {
