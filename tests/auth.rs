@@ -6,19 +6,29 @@ mod support;
 
 use std::net::{IpAddr, SocketAddr, TcpStream, UdpSocket};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use mail_auth::common::crypto::Ed25519Key;
 use mail_auth::common::headers::HeaderWriter;
 use mail_auth::dkim::DkimSigner;
-use mailwarden::config::{AuthConfig, DnsConfig};
-use mailwarden::filter::auth::{AuthInput, AuthResults, Authenticator};
+use mailwarden::config::{AuthConfig, DnsConfig, DnsblConfig, default_blocked_codes};
+use mailwarden::filter::auth::{AuthInput, AuthResults, Authenticator, build_resolver};
+use mailwarden::filter::dnsbl::Dnsbl;
 use support::{Proxy, SmtpClient};
 
 /// The RFC 8463 Appendix A example Ed25519 key (seed and public key, base64).
 const RFC8463_SEED: &str = "nWGxne/9WmC6hEr0kuwsxERJxWl7MmkZcDusAxyuf2A=";
 const RFC8463_PUBLIC: &str = "11qYAYKxCrfVS/7TyWQHOg7hcvPapiMlrwIaaPcHURo=";
+
+/// Block list answers: 127.0.0.2 is listed in bl.test, 127.0.0.3 in low.test, and
+/// blocked.test answers 127.0.0.4 with Spamhaus' "public resolver blocked" code. Any other
+/// name under .test is NXDOMAIN (not listed).
+const DNSBL_RECORDS: [(&str, &str); 3] = [
+    ("2.0.0.127.bl.test", "127.0.0.2"),
+    ("3.0.0.127.low.test", "127.0.0.3"),
+    ("4.0.0.127.blocked.test", "127.255.255.254"),
+];
 
 /// A dnsmasq instance on 127.0.0.1:<free port>; killed on drop.
 struct Dns {
@@ -60,6 +70,9 @@ impl Dns {
             conf.push_str("local=/test/\n");
             for (name, txt) in records {
                 conf.push_str(&format!("txt-record={name},\"{txt}\"\n"));
+            }
+            for (name, a) in DNSBL_RECORDS {
+                conf.push_str(&format!("host-record={name},{a}\n"));
             }
             let conf_path = dir.path().join("dnsmasq.conf");
             std::fs::write(&conf_path, conf).expect("write dnsmasq.conf");
@@ -430,5 +443,227 @@ fn latency_with_local_resolver() {
         times[times.len() / 2],
         times[times.len() * 99 / 100],
         times[0]
+    );
+}
+
+fn dnsbl_list(zone: &str, symbol: &str, score: f64) -> DnsblConfig {
+    DnsblConfig {
+        zone: zone.into(),
+        symbol: symbol.into(),
+        score: Some(score),
+        codes: Vec::new(),
+        blocked_codes: default_blocked_codes(),
+    }
+}
+
+/// The production block list checker pointed at `ns`.
+fn dnsbl(ns: SocketAddr, timeout_ms: u64, trusted: Vec<ipnet::IpNet>) -> Dnsbl {
+    let dns = DnsConfig {
+        nameservers: vec![ns.to_string()],
+        timeout_ms,
+    };
+    let resolver = build_resolver(&dns).expect("resolver");
+    let lists = [
+        dnsbl_list("bl.test", "RBL_TEST", 100.0),
+        dnsbl_list("low.test", "RBL_LOW", 1.5),
+        dnsbl_list("blocked.test", "RBL_BLOCKED", 3.0),
+    ];
+    Dnsbl::new(
+        resolver.resolver().clone(),
+        Duration::from_millis(timeout_ms),
+        &lists,
+        trusted,
+    )
+}
+
+fn dnsbl_symbols(d: &Dnsbl, ip: &str) -> Vec<String> {
+    let ip: IpAddr = ip.parse().expect("ip");
+    let mut symbols: Vec<String> = rt()
+        .block_on(d.check(ip))
+        .into_iter()
+        .map(|h| h.symbol)
+        .collect();
+    symbols.sort();
+    symbols
+}
+
+#[test]
+fn dnsbl_listed_unlisted_blocked_and_trusted() {
+    let dns = Dns::start();
+    let d = dnsbl(dns.addr, 2000, Vec::new());
+    assert_eq!(dnsbl_symbols(&d, "127.0.0.2"), ["RBL_TEST"]);
+    assert_eq!(dnsbl_symbols(&d, "::ffff:127.0.0.3"), ["RBL_LOW"]);
+    assert!(dnsbl_symbols(&d, "127.0.0.1").is_empty());
+    assert!(dnsbl_symbols(&d, "2001:db8::1").is_empty());
+    // A blocked-resolver answer is not a listing, but it is counted.
+    assert!(dnsbl_symbols(&d, "127.0.0.4").is_empty());
+    assert!(dnsbl_symbols(&d, "127.0.0.4").is_empty());
+    let counts = d.blocked_counts();
+    assert!(
+        counts.contains(&("blocked.test".to_string(), 2)),
+        "{counts:?}"
+    );
+    // Trusted clients are not looked up.
+    let trusted = dnsbl(dns.addr, 2000, vec!["127.0.0.0/30".parse().expect("net")]);
+    assert!(dnsbl_symbols(&trusted, "127.0.0.2").is_empty());
+}
+
+#[test]
+fn dnsbl_dns_down_or_silent_is_not_listed_and_no_hang() {
+    let closed = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let silent = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let silent_addr = silent.local_addr().expect("addr");
+    for ns in [closed, silent_addr] {
+        let d = dnsbl(ns, 300, Vec::new());
+        let started = Instant::now();
+        assert!(dnsbl_symbols(&d, "127.0.0.2").is_empty(), "{ns}");
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "{ns}: took {:?}",
+            started.elapsed()
+        );
+    }
+}
+
+/// `[dns]` and the three test lists, for the proxy and `scan`.
+fn dnsbl_config(ns: SocketAddr, timeout_ms: u64) -> String {
+    format!(
+        "[rules]\npaths = [\"{}\"]\n[dns]\nnameservers = [\"{ns}\"]\ntimeout_ms = {timeout_ms}\n\
+         [[dnsbl]]\nzone = \"bl.test\"\nsymbol = \"RBL_TEST\"\nscore = 100.0\n\
+         [[dnsbl]]\nzone = \"low.test\"\nsymbol = \"RBL_LOW\"\nscore = 1.5\n\
+         [[dnsbl]]\nzone = \"blocked.test\"\nsymbol = \"RBL_BLOCKED\"\nscore = 3.0\n",
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("rules")
+            .display()
+    )
+}
+
+/// `mailwarden scan --json --ip IP` of a plain message with `config`.
+fn scan_json(config: &str, ip: &str) -> (serde_json::Value, Duration) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let conf = dir.path().join("mailwarden.toml");
+    std::fs::write(&conf, config).expect("write config");
+    let msg = dir.path().join("m.eml");
+    std::fs::write(&msg, plain("joe@loop.test")).expect("write message");
+    let started = Instant::now();
+    let out: Output = Command::new(env!("CARGO_BIN_EXE_mailwarden"))
+        .arg("scan")
+        .arg("--config")
+        .arg(&conf)
+        .args(["--json", "--ip", ip, "--helo", "mail.loop.test"])
+        .args(["--from", "joe@loop.test"])
+        .arg(&msg)
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run mailwarden scan");
+    let elapsed = started.elapsed();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let value = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| {
+        panic!(
+            "scan output is not JSON ({e}): {stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    (value, elapsed)
+}
+
+fn symbol_score(scan: &serde_json::Value, name: &str) -> Option<f64> {
+    scan["symbols"]
+        .as_array()?
+        .iter()
+        .find(|s| s["name"] == name)
+        .and_then(|s| s["score"].as_f64())
+}
+
+#[test]
+fn dnsbl_in_scan_json() {
+    let dns = Dns::start();
+    let config = dnsbl_config(dns.addr, 2000);
+    let (listed, _) = scan_json(&config, "127.0.0.3");
+    assert_eq!(symbol_score(&listed, "RBL_LOW"), Some(1.5), "{listed}");
+    assert_eq!(listed["dnsbl"][0]["zone"], "low.test", "{listed}");
+    let (listed, _) = scan_json(&config, "127.0.0.2");
+    assert_eq!(symbol_score(&listed, "RBL_TEST"), Some(100.0), "{listed}");
+    assert_eq!(listed["action"], "reject", "{listed}");
+    for ip in ["127.0.0.1", "127.0.0.4"] {
+        let (clean, _) = scan_json(&config, ip);
+        for s in ["RBL_TEST", "RBL_LOW", "RBL_BLOCKED"] {
+            assert_eq!(symbol_score(&clean, s), None, "{ip}: {clean}");
+        }
+    }
+    // DNS server down: not listed, and quickly.
+    let down = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let (clean, elapsed) = scan_json(&dnsbl_config(down, 300), "127.0.0.2");
+    assert_eq!(symbol_score(&clean, "RBL_TEST"), None, "{clean}");
+    assert!(elapsed < Duration::from_secs(3), "took {elapsed:?}");
+}
+
+#[test]
+fn dnsbl_through_the_proxy() {
+    let dns = Dns::start();
+    let proxy = Proxy::start(&format!(
+        "[server]\nhostname = \"mx.example.test\"\n[upstream]\nurl = \"maildir:@DIR@/mail\"\n{}",
+        dnsbl_config(dns.addr, 1000)
+    ));
+    let send = |ip: &str| {
+        let mut client = SmtpClient::connect_from(ip.parse().expect("ip"), proxy.addr());
+        let r = client.reply();
+        client.expect_code(&r, 220, "greeting");
+        let r = client.cmd("EHLO mail.loop.test");
+        client.expect_code(&r, 250, "EHLO");
+        let r = client.cmd("MAIL FROM:<joe@loop.test>");
+        client.expect_code(&r, 250, "MAIL");
+        let r = client.cmd("RCPT TO:<u@example.org>");
+        client.expect_code(&r, 250, "RCPT");
+        let r = client.data(&plain(&format!("joe@loop.test (from {ip})")));
+        client.quit();
+        r
+    };
+    // Listed with a score at or above reject_score: refused.
+    let r = send("127.0.0.2");
+    assert_eq!(r.code, 550, "{}", r.wire());
+    assert_eq!(r.enhanced(), Some("5.7.1"));
+    // Listed with a small score, not listed, blocked code: delivered.
+    for ip in ["127.0.0.3", "127.0.0.1", "127.0.0.4"] {
+        let r = send(ip);
+        assert!(r.is_positive(), "{ip}: {}", r.wire());
+    }
+    let new = proxy.dir().join("mail").join("new");
+    let heads: Vec<String> = std::fs::read_dir(&new)
+        .expect("maildir")
+        .filter_map(|e| e.ok())
+        .map(|e| {
+            let text = std::fs::read_to_string(e.path()).expect("read");
+            text.split("\r\n\r\n").next().unwrap_or("").to_string()
+        })
+        .collect();
+    assert_eq!(heads.len(), 3, "{heads:?}");
+    let head_of = |ip: &str| {
+        heads
+            .iter()
+            .find(|h| h.contains(&format!("(from {ip})")))
+            .unwrap_or_else(|| panic!("no message from {ip}: {heads:?}"))
+            .clone()
+    };
+    let low = head_of("127.0.0.3");
+    assert!(
+        low.contains("X-Spam-Status:") && low.contains("RBL_LOW"),
+        "{low}"
+    );
+    for ip in ["127.0.0.1", "127.0.0.4"] {
+        let head = head_of(ip);
+        assert!(head.contains("X-Spam-Status:"), "{head}");
+        assert!(
+            !head.contains("RBL_TEST")
+                && !head.contains("RBL_LOW")
+                && !head.contains("RBL_BLOCKED"),
+            "{ip}: {head}"
+        );
+    }
+    assert!(
+        proxy.log().contains("blocked.test refuses our queries"),
+        "{}",
+        proxy.log()
     );
 }

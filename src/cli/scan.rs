@@ -86,7 +86,7 @@ pub fn run(opts: &ScanOptions) -> u8 {
         helo: opts.helo.clone(),
         from: opts.from.clone().unwrap_or_default(),
         recipients: opts.rcpt.clone(),
-        preset: Vec::new(),
+        ..ScanContext::default()
     };
     let budget = Duration::from_millis(config.rules.scan_timeout_ms);
     let files = if opts.files.is_empty() {
@@ -110,6 +110,13 @@ pub fn run(opts: &ScanOptions) -> u8 {
             .filter(|_| opts.ip.is_some() || opts.from.is_some())
             .map(|a| runtime.block_on(a.check(&input, &raw)));
         ctx.preset = auth.as_ref().map(|a| a.symbols.clone()).unwrap_or_default();
+        ctx.preset_scores.clear();
+        // The DNS block lists need the client IP.
+        let dnsbl_hits = match (filter.dnsbl(), opts.ip) {
+            (Some(d), Some(ip)) => runtime.block_on(d.check(ip)),
+            _ => Vec::new(),
+        };
+        ctx.add_dnsbl_hits(&dnsbl_hits);
         let mut scan = engine.scan(raw, &ctx, budget);
         if let Some(a) = &auth {
             filter.apply_auth_policy(&mut scan, a, opts.ip);
@@ -117,8 +124,14 @@ pub fn run(opts: &ScanOptions) -> u8 {
         let name = file.display().to_string();
         if opts.json {
             let mut value = to_json(&name, &scan);
-            if let (Some(a), Some(obj)) = (&auth, value.as_object_mut()) {
-                obj.insert("auth".into(), a.to_json());
+            if let Some(obj) = value.as_object_mut() {
+                if let Some(a) = &auth {
+                    obj.insert("auth".into(), a.to_json());
+                }
+                if filter.dnsbl().is_some() && opts.ip.is_some() {
+                    let hits: Vec<_> = dnsbl_hits.iter().map(|h| h.to_json()).collect();
+                    obj.insert("dnsbl".into(), hits.into());
+                }
             }
             println!("{value}");
         } else {

@@ -11,8 +11,10 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 mod auth;
+mod dnsbl;
 mod filter;
 pub use auth::{AuthConfig, DnsConfig};
+pub use dnsbl::{DnsblConfig, default_blocked_codes};
 pub use filter::{Action, DomainPolicy, MultiRecipient, PolicyConfig, RuleAction, RulesConfig};
 
 /// The whole configuration file.
@@ -36,6 +38,9 @@ pub struct Config {
     pub dns: DnsConfig,
     #[serde(default)]
     pub auth: AuthConfig,
+    /// `[[dnsbl]]`: block lists asked about the client IP (none by default).
+    #[serde(default)]
+    pub dnsbl: Vec<DnsblConfig>,
 }
 
 /// `[server]`: the inbound SMTP listener and its limits.
@@ -307,6 +312,11 @@ impl Config {
         if let Err(e) = self.auth.trusted_nets() {
             return err("auth.trusted_networks", e);
         }
+        for (i, list) in self.dnsbl.iter().enumerate() {
+            if let Err(e) = list.validate() {
+                return err(&format!("[[dnsbl]] #{}", i + 1), e);
+            }
+        }
         Ok(())
     }
 
@@ -482,6 +492,40 @@ mod tests {
         assert!(e.to_string().contains("auth.trusted_networks"), "{e}");
         let e = Config::parse("[auth]\nspf_reject = true\n", "m.toml").expect_err("unknown");
         assert!(e.to_string().starts_with("m.toml:2:"), "{e}");
+    }
+
+    #[test]
+    fn dnsbl_tables() {
+        let config = Config::parse(
+            "[[dnsbl]]\nzone = \"zen.spamhaus.org\"\nsymbol = \"RBL_SPAMHAUS\"\nscore = 4.0\n[[dnsbl]]\nzone = \"bl.test\"\nsymbol = \"RBL_X\"\ncodes = [\"127.0.0.2\", \"127.0.0.3\"]\n",
+            "m.toml",
+        )
+        .expect("valid");
+        assert_eq!(config.dnsbl.len(), 2);
+        assert_eq!(config.dnsbl[0].score, Some(4.0));
+        assert_eq!(config.dnsbl[0].blocked_codes, default_blocked_codes());
+        assert_eq!(config.dnsbl[1].codes.len(), 2);
+        assert!(Config::parse("", "m.toml").expect("empty").dnsbl.is_empty());
+        let e = Config::parse(
+            "[[dnsbl]]\nzone = \"bl.test\"\nsymbol = \"rbl\"\n",
+            "m.toml",
+        )
+        .expect_err("lower-case symbol");
+        assert!(
+            e.to_string().contains("[[dnsbl]] #1") && e.to_string().contains("symbol"),
+            "{e}"
+        );
+        let e = Config::parse("[[dnsbl]]\nzone = \"bl\"\nsymbol = \"X\"\n", "m.toml")
+            .expect_err("bad zone");
+        assert!(e.to_string().contains("zone"), "{e}");
+        let e = Config::parse("[[dnsbl]]\nzone = \"bl.test\"\n", "m.toml").expect_err("no symbol");
+        assert!(e.to_string().contains("symbol"), "{e}");
+        let e = Config::parse(
+            "[[dnsbl]]\nzone = \"bl.test\"\nsymbol = \"X\"\ncodes = [\"x\"]\n",
+            "m.toml",
+        )
+        .expect_err("bad code");
+        assert!(e.to_string().starts_with("m.toml:4:"), "{e}");
     }
 
     #[test]

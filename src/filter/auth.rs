@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use mail_auth::common::headers::HeaderWriter;
 use mail_auth::dmarc::Policy as DmarcPolicy;
 use mail_auth::dmarc::verify::DmarcParameters;
+use mail_auth::hickory_resolver::TokioResolver;
 use mail_auth::hickory_resolver::config::{NameServerConfig, ResolverConfig, ResolverOpts};
 use mail_auth::hickory_resolver::system_conf::read_system_conf;
 use mail_auth::spf::verify::SpfParameters;
@@ -122,41 +123,19 @@ impl Authenticator {
         auth: &AuthConfig,
         hostname: &str,
     ) -> Result<Authenticator, String> {
-        let timeout = Duration::from_millis(dns.timeout_ms.max(1));
-        let addrs = dns.nameserver_addrs()?;
-        let (config, mut opts) = if addrs.is_empty() {
-            read_system_conf().map_err(|e| {
-                format!("cannot read the system resolver configuration (/etc/resolv.conf): {e}; set [dns] nameservers")
-            })?
-        } else {
-            let servers = addrs
-                .iter()
-                .map(|addr| {
-                    let mut ns = NameServerConfig::udp_and_tcp(addr.ip());
-                    for conn in &mut ns.connections {
-                        conn.port = addr.port();
-                    }
-                    ns
-                })
-                .collect();
-            (
-                ResolverConfig::from_parts(None, vec![], servers),
-                ResolverOpts::default(),
-            )
-        };
-        // One try per server within the lookup timeout: the stage budgets below bound the
-        // whole check, and a retry would only double the wait on a dead server.
-        opts.timeout = timeout;
-        opts.attempts = 1;
-        let inner = MessageAuthenticator::new(config, opts)
-            .map_err(|e| format!("cannot set up the DNS resolver: {e}"))?;
+        let inner = build_resolver(dns)?;
         Ok(Authenticator {
             inner,
             hostname: hostname.to_string(),
             // SPF may chain several lookups (include:, a, mx), each within `timeout`.
-            stage_budget: timeout * 2,
+            stage_budget: lookup_timeout(dns) * 2,
             trusted: auth.trusted_nets()?,
         })
+    }
+
+    /// The shared resolver (for the DNS block lists: one cache for all checks).
+    pub fn resolver(&self) -> &TokioResolver {
+        self.inner.resolver()
     }
 
     /// Whether SPF and DMARC are skipped for this client (`auth.trusted_networks`).
@@ -410,6 +389,43 @@ impl Authenticator {
         out.elapsed = started.elapsed();
         out
     }
+}
+
+/// Time allowed for one DNS lookup (`[dns] timeout_ms`).
+pub fn lookup_timeout(dns: &DnsConfig) -> Duration {
+    Duration::from_millis(dns.timeout_ms.max(1))
+}
+
+/// The resolver described by `[dns]` (the system's when no name servers are listed).
+pub fn build_resolver(dns: &DnsConfig) -> Result<MessageAuthenticator, String> {
+    let timeout = lookup_timeout(dns);
+    let addrs = dns.nameserver_addrs()?;
+    let (config, mut opts) = if addrs.is_empty() {
+        read_system_conf().map_err(|e| {
+            format!("cannot read the system resolver configuration (/etc/resolv.conf): {e}; set [dns] nameservers")
+        })?
+    } else {
+        let servers = addrs
+            .iter()
+            .map(|addr| {
+                let mut ns = NameServerConfig::udp_and_tcp(addr.ip());
+                for conn in &mut ns.connections {
+                    conn.port = addr.port();
+                }
+                ns
+            })
+            .collect();
+        (
+            ResolverConfig::from_parts(None, vec![], servers),
+            ResolverOpts::default(),
+        )
+    };
+    // One try per server within the lookup timeout: the callers' budgets bound the whole
+    // check, and a retry would only double the wait on a dead server.
+    opts.timeout = timeout;
+    opts.attempts = 1;
+    MessageAuthenticator::new(config, opts)
+        .map_err(|e| format!("cannot set up the DNS resolver: {e}"))
 }
 
 /// Runs `fut` within `budget`; on overrun gives `on_timeout()`.

@@ -9,6 +9,7 @@
 //! one `Engine` that reloads swap atomically; a scan keeps the engine it started with.
 
 pub mod auth;
+pub mod dnsbl;
 pub mod headers;
 pub mod message;
 pub mod policy;
@@ -16,6 +17,7 @@ pub mod quarantine;
 pub mod reload;
 pub mod rules;
 
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -29,6 +31,7 @@ use crate::config::{Action as PolicyAction, AuthConfig, Config, PolicyConfig, Ru
 use crate::envelope::Envelope;
 use crate::smtp::reply::Reply;
 use auth::{AuthInput, AuthResults, Authenticator};
+use dnsbl::{Dnsbl, DnsblHit};
 use headers::{HeaderEdits, SPAM_HEADERS};
 use message::Message;
 use policy::{Decision, Policy};
@@ -115,6 +118,23 @@ pub struct ScanContext {
     pub recipients: Vec<String>,
     /// Symbols already set before the rules run (e.g. the sender authentication results).
     pub preset: Vec<String>,
+    /// Scores for preset symbols given by the check that set them (e.g. a `[[dnsbl]]`
+    /// list's `score`); they win over the rule files' score.
+    pub preset_scores: HashMap<String, f64>,
+}
+
+impl ScanContext {
+    /// Adds the DNS block list hits as preset symbols with their configured scores.
+    pub fn add_dnsbl_hits(&mut self, hits: &[DnsblHit]) {
+        for hit in hits {
+            if !self.preset.contains(&hit.symbol) {
+                self.preset.push(hit.symbol.clone());
+            }
+            if let Some(score) = hit.score {
+                self.preset_scores.insert(hit.symbol.clone(), score);
+            }
+        }
+    }
 }
 
 /// Symbols the filter sets itself.
@@ -203,7 +223,7 @@ impl Engine {
             .iter()
             .map(|h| Symbol {
                 name: h.name.clone(),
-                score: h.score,
+                score: ctx.preset_scores.get(&h.name).copied().unwrap_or(h.score),
                 description: h.description.clone(),
             })
             .collect();
@@ -247,6 +267,8 @@ pub struct Filter {
     /// Sender authentication; `None` when `[auth] enabled = false`.
     auth: Option<Authenticator>,
     auth_config: AuthConfig,
+    /// The `[[dnsbl]]` lists; `None` when there are none.
+    dnsbl: Option<Dnsbl>,
     /// Our authserv-id (`server.hostname`).
     hostname: String,
     /// Bounds concurrent scans to the CPU count, so a burst queues instead of thrashing.
@@ -270,6 +292,25 @@ impl Filter {
         } else {
             None
         };
+        let dnsbl = if config.dnsbl.is_empty() {
+            None
+        } else {
+            // The sender checks' resolver when they run (one cache), else one of its own.
+            let resolver = match &auth {
+                Some(a) => a.resolver().clone(),
+                None => auth::build_resolver(&config.dns)
+                    .map_err(|e| vec![e])?
+                    .resolver()
+                    .clone(),
+            };
+            let trusted = config.auth.trusted_nets().map_err(|e| vec![e])?;
+            Some(Dnsbl::new(
+                resolver,
+                auth::lookup_timeout(&config.dns),
+                &config.dnsbl,
+                trusted,
+            ))
+        };
         Ok(Filter {
             engine: ArcSwap::from_pointee(engine),
             rules_config: config.rules.clone(),
@@ -277,6 +318,7 @@ impl Filter {
             quarantine,
             auth,
             auth_config: config.auth.clone(),
+            dnsbl,
             hostname: config.server.hostname.clone(),
             scan_slots: Semaphore::new(cpus),
             status: Mutex::new(status),
@@ -331,21 +373,37 @@ impl Filter {
         self.auth.as_ref()
     }
 
+    /// The DNS block lists, if any are configured.
+    pub fn dnsbl(&self) -> Option<&Dnsbl> {
+        self.dnsbl.as_ref()
+    }
+
     /// Scans a message for the proxy and turns the decision into a verdict.
     pub async fn check(&self, envelope: &Envelope, message: &[u8]) -> Verdict {
         // Sender authentication first (async DNS, each stage time-bounded); its results are
         // rule symbols for the scan.
-        let auth = match &self.auth {
-            Some(a) => {
-                let input = AuthInput {
-                    ip: Some(envelope.client.addr.ip()),
-                    helo: envelope.client.helo.clone(),
-                    mail_from: envelope.mail_from.address.clone(),
-                };
-                Some(a.check(&input, message).await)
+        // The DNS block lists run at the same time.
+        let client_ip = envelope.client.addr.ip();
+        let auth_fut = async {
+            match &self.auth {
+                Some(a) => {
+                    let input = AuthInput {
+                        ip: Some(client_ip),
+                        helo: envelope.client.helo.clone(),
+                        mail_from: envelope.mail_from.address.clone(),
+                    };
+                    Some(a.check(&input, message).await)
+                }
+                None => None,
             }
-            None => None,
         };
+        let dnsbl_fut = async {
+            match &self.dnsbl {
+                Some(d) => d.check(client_ip).await,
+                None => Vec::new(),
+            }
+        };
+        let (auth, dnsbl_hits) = tokio::join!(auth_fut, dnsbl_fut);
         let mut ctx = ScanContext {
             ip: Some(envelope.client.addr.ip()),
             helo: envelope.client.helo.clone(),
@@ -355,11 +413,12 @@ impl Filter {
                 .iter()
                 .map(|r| r.address.clone())
                 .collect(),
-            preset: Vec::new(),
+            ..ScanContext::default()
         };
         if let Some(a) = &auth {
             ctx.preset = a.symbols.clone();
         }
+        ctx.add_dnsbl_hits(&dnsbl_hits);
         let engine = self.engine();
         let budget = Duration::from_millis(self.rules_config.scan_timeout_ms);
         let raw = message.to_vec();
