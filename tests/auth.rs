@@ -9,12 +9,14 @@ use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use mail_auth::common::crypto::Ed25519Key;
+use mail_auth::common::crypto::{Ed25519Key, RsaKey, Sha256};
 use mail_auth::common::headers::HeaderWriter;
 use mail_auth::dkim::DkimSigner;
 use mailwarden::config::{AuthConfig, DnsConfig, DnsblConfig, default_blocked_codes};
 use mailwarden::filter::auth::{AuthInput, AuthResults, Authenticator, build_resolver};
 use mailwarden::filter::dnsbl::Dnsbl;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{PrivateKeyDer, PrivatePkcs1KeyDer};
 use support::{Proxy, SmtpClient};
 
 /// The RFC 8463 Appendix A example Ed25519 key (seed and public key, base64).
@@ -39,6 +41,12 @@ struct Dns {
 
 impl Dns {
     fn start() -> Dns {
+        Self::start_with(&[])
+    }
+
+    /// Like [`start`](Self::start), also serving the TXT records `extra` (name, text; a
+    /// text longer than 255 bytes is split into several character-strings).
+    fn start_with(extra: &[(String, String)]) -> Dns {
         let records = [
             ("example.test", "v=spf1 ip4:192.0.2.0/24 -all"),
             ("_dmarc.example.test", "v=DMARC1; p=reject"),
@@ -70,6 +78,14 @@ impl Dns {
             conf.push_str("local=/test/\n");
             for (name, txt) in records {
                 conf.push_str(&format!("txt-record={name},\"{txt}\"\n"));
+            }
+            for (name, txt) in extra {
+                let strings: Vec<String> = txt
+                    .as_bytes()
+                    .chunks(255)
+                    .map(|c| format!("\"{}\"", String::from_utf8_lossy(c)))
+                    .collect();
+                conf.push_str(&format!("txt-record={name},{}\n", strings.join(",")));
             }
             for (name, a) in DNSBL_RECORDS {
                 conf.push_str(&format!("host-record={name},{a}\n"));
@@ -172,6 +188,45 @@ fn signed(from_header: &str, domain: &str) -> Vec<u8> {
     let mut out = sig.to_header().into_bytes();
     out.extend_from_slice(&msg);
     out
+}
+
+/// mail-auth's own 2048-bit RSA test key (`resources/rsa-private.pem` in its crate
+/// sources), read at test time from the Cargo registry that fetched the version in
+/// Cargo.lock; never copied into this repository. (ring, mail-auth's crypto backend here,
+/// cannot generate RSA keys.)
+fn mail_auth_rsa_key() -> RsaKey<Sha256> {
+    let lock = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.lock"))
+        .expect("read Cargo.lock");
+    let version = lock
+        .split("[[package]]")
+        .find(|p| p.contains("\nname = \"mail-auth\"\n"))
+        .and_then(|p| p.lines().find_map(|l| l.strip_prefix("version = \"")))
+        .map(|v| v.trim_end_matches('"').to_string())
+        .expect("mail-auth in Cargo.lock");
+    let cargo_home = std::env::var_os("CARGO_HOME")
+        .map(std::path::PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cargo")))
+        .expect("CARGO_HOME or HOME");
+    let registries = cargo_home.join("registry").join("src");
+    let pem_path = std::fs::read_dir(&registries)
+        .unwrap_or_else(|e| panic!("{}: {e}", registries.display()))
+        .filter_map(|e| e.ok())
+        .map(|e| {
+            e.path()
+                .join(format!("mail-auth-{version}"))
+                .join("resources")
+                .join("rsa-private.pem")
+        })
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| {
+            panic!(
+                "mail-auth-{version}/resources/rsa-private.pem not found under {}",
+                registries.display()
+            )
+        });
+    let pem = std::fs::read(&pem_path).expect("read the RSA test key");
+    let der = PrivatePkcs1KeyDer::from_pem_slice(&pem).expect("PKCS#1 PEM");
+    RsaKey::<Sha256>::from_key_der(PrivateKeyDer::Pkcs1(der)).expect("RSA key")
 }
 
 fn has(r: &AuthResults, symbol: &str) -> bool {
@@ -666,4 +721,150 @@ fn dnsbl_through_the_proxy() {
         "{}",
         proxy.log()
     );
+}
+
+#[test]
+fn end_to_end_through_postfix_delivers_results_and_never_a_dmarc_reject() {
+    let dns = Dns::start();
+    let pf = support::Postfix::start();
+    let proxy = Proxy::start(&format!(
+        "[server]\nhostname = \"mx.example.test\"\n[upstream]\nurl = \"{}\"\n[rules]\npaths = [\"{}\"]\n[dns]\nnameservers = [\"{}\"]\ntimeout_ms = 1000\n[auth]\ndmarc_enforce = true\n",
+        pf.url(),
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("rules")
+            .display(),
+        dns.addr
+    ));
+    // DKIM-signed by the From domain (example.test, p=reject), sent from 127.0.0.1 with an
+    // envelope sender in loop.test (whose SPF allows 127.0.0.0/8): delivered by Postfix.
+    let aligned = signed("Joe <joe@example.test>", "example.test");
+    let mut client = SmtpClient::connect_ehlo(proxy.addr(), "mail.loop.test");
+    client.send_mail("joe@loop.test", &["user@example.org"], &aligned);
+    // Unsigned, From example.test, envelope in loop.test: DMARC fails (no aligned SPF or
+    // DKIM) for a p=reject domain → 550 5.7.1, and Postfix never sees it.
+    // (Its Message-ID differs from the signed one's, to tell them apart in the Maildir.)
+    let forged = String::from_utf8(plain("Joe <joe@example.test>"))
+        .expect("utf-8")
+        .replace("<1@x.test>", "<forged@x.test>")
+        .into_bytes();
+    let r = client.cmd("MAIL FROM:<joe@loop.test>");
+    client.expect_code(&r, 250, "MAIL");
+    let r = client.cmd("RCPT TO:<user@example.org>");
+    client.expect_code(&r, 250, "RCPT");
+    let r = client.data(&forged);
+    client.expect_code(&r, 550, "DMARC reject");
+    assert_eq!(r.enhanced(), Some("5.7.1"), "{}", r.wire());
+    client.quit();
+
+    let delivered = pf.settle_and_collect(1);
+    let text = String::from_utf8_lossy(&delivered[0]).replace("\r\n", "\n");
+    assert!(text.contains("Message-ID: <1@x.test>"), "{text}");
+    assert!(!text.contains("forged@x.test"), "{text}");
+    let head = text.split("\n\n").next().unwrap_or("");
+    let ar = head
+        .split("\nAuthentication-Results: ")
+        .nth(1)
+        .map(|rest| {
+            // The field with its folded continuation lines.
+            let mut field = String::from("Authentication-Results: ");
+            for (i, line) in rest.split('\n').enumerate() {
+                if i > 0 && !line.starts_with([' ', '\t']) {
+                    break;
+                }
+                field.push_str(line);
+                field.push('\n');
+            }
+            field
+        })
+        .unwrap_or_else(|| panic!("no Authentication-Results in the delivered file:\n{head}"));
+    assert!(
+        ar.starts_with("Authentication-Results: mx.example.test;"),
+        "{ar}"
+    );
+    for want in [
+        "spf=pass",
+        "dkim=pass",
+        "header.d=example.test",
+        "dmarc=pass",
+        "arc=none",
+    ] {
+        assert!(ar.contains(want), "{want} missing: {ar}");
+    }
+    assert!(head.contains("Received-SPF: pass"), "{head}");
+    assert!(
+        head.contains("SPF_PASS") && head.contains("DKIM_VALID_AU") && head.contains("DMARC_PASS"),
+        "{head}"
+    );
+}
+
+#[test]
+fn dkim_rsa_sha256_valid_and_tampered() {
+    let key = mail_auth_rsa_key();
+    // The DNS key record: p= is the PKCS#1 RSAPublicKey (RFC 6376 §3.6.1 allows it as well
+    // as SubjectPublicKeyInfo; verifiers accept both).
+    let public = base64_encode(&key.public_key());
+    let dns = Dns::start_with(&[(
+        "rsa2048._domainkey.example.test".to_string(),
+        format!("v=DKIM1; k=rsa; p={public}"),
+    )]);
+    let auth = authenticator(dns.addr, 2000);
+    let msg = plain("Joe <joe@example.test>");
+    let sig = DkimSigner::from_key(key)
+        .domain("example.test")
+        .selector("rsa2048")
+        .headers(["From", "To", "Subject", "Date", "Message-ID"])
+        .sign(&msg)
+        .expect("sign");
+    let header = sig.to_header();
+    assert!(header.contains("a=rsa-sha256"), "{header}");
+    let mut signed = header.into_bytes();
+    signed.extend_from_slice(&msg);
+    // Client outside every SPF record: only the aligned RSA signature makes DMARC pass.
+    let r = check(
+        &auth,
+        "198.51.100.7",
+        "mail.example.test",
+        "joe@example.test",
+        &signed,
+    );
+    for s in ["DKIM_VALID", "DKIM_VALID_AU", "DMARC_PASS", "SPF_FAIL"] {
+        assert!(has(&r, s), "{s}: {:?}", r.symbols);
+    }
+    assert_eq!(r.dkim[0].result, "pass");
+    assert_eq!(r.dkim[0].selector, "rsa2048");
+    assert!(r.headers[0].contains("dkim=pass"), "{}", r.headers[0]);
+
+    let mut tampered = signed.clone();
+    let n = tampered.len();
+    tampered[n - 4] = b'!';
+    let r = check(
+        &auth,
+        "198.51.100.7",
+        "mail.example.test",
+        "joe@example.test",
+        &tampered,
+    );
+    assert!(
+        has(&r, "DKIM_INVALID") && !has(&r, "DKIM_VALID") && r.dmarc_reject(),
+        "{:?}",
+        r.symbols
+    );
+}
+
+/// Standard base64 with padding.
+fn base64_encode(bytes: &[u8]) -> String {
+    const ABC: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let n =
+            chunk.iter().fold(0u32, |acc, &b| (acc << 8) | u32::from(b)) << (8 * (3 - chunk.len()));
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ABC[(n >> (18 - 6 * i)) as usize & 63] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
 }
