@@ -15,6 +15,8 @@ use mail_auth::dkim::DkimSigner;
 use mailwarden::config::{AuthConfig, DnsConfig, DnsblConfig, default_blocked_codes};
 use mailwarden::filter::auth::{AuthInput, AuthResults, Authenticator, build_resolver};
 use mailwarden::filter::dnsbl::Dnsbl;
+use mailwarden::filter::message::Message;
+use mailwarden::filter::uribl::{self, Uribl};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{PrivateKeyDer, PrivatePkcs1KeyDer};
 use support::{Proxy, SmtpClient};
@@ -26,10 +28,15 @@ const RFC8463_PUBLIC: &str = "11qYAYKxCrfVS/7TyWQHOg7hcvPapiMlrwIaaPcHURo=";
 /// Block list answers: 127.0.0.2 is listed in bl.test, 127.0.0.3 in low.test, and
 /// blocked.test answers 127.0.0.4 with Spamhaus' "public resolver blocked" code. Any other
 /// name under .test is NXDOMAIN (not listed).
-const DNSBL_RECORDS: [(&str, &str); 3] = [
+/// The URI block list uri.test lists the domain spam-domain.test and the IP literal
+/// 192.0.2.9, and answers blocked-domain.test with the blocked-resolver code.
+const DNSBL_RECORDS: [(&str, &str); 6] = [
     ("2.0.0.127.bl.test", "127.0.0.2"),
     ("3.0.0.127.low.test", "127.0.0.3"),
     ("4.0.0.127.blocked.test", "127.255.255.254"),
+    ("spam-domain.test.uri.test", "127.0.0.2"),
+    ("9.2.0.192.uri.test", "127.0.0.2"),
+    ("blocked-domain.test.uri.test", "127.255.255.254"),
 ];
 
 /// A dnsmasq instance on 127.0.0.1:<free port>; killed on drop.
@@ -867,4 +874,195 @@ fn base64_encode(bytes: &[u8]) -> String {
         }
     }
     out
+}
+
+/// A plain message whose body links to `link`.
+fn with_link(link: &str, tag: &str) -> Vec<u8> {
+    format!(
+        "From: joe@loop.test\r\nTo: u@example.org\r\nSubject: offer {tag}\r\nDate: Thu, 26 Nov 2026 12:00:00 +0000\r\nMessage-ID: <{tag}@x.test>\r\n\r\nHave a look: {link}\r\n"
+    )
+    .into_bytes()
+}
+
+/// The production URI block list checker pointed at `ns`, with the list uri.test.
+fn uribl_checker(ns: SocketAddr, timeout_ms: u64) -> Uribl {
+    let dns = DnsConfig {
+        nameservers: vec![ns.to_string()],
+        timeout_ms,
+    };
+    let resolver = build_resolver(&dns).expect("resolver");
+    Uribl::new(
+        resolver.resolver().clone(),
+        Duration::from_millis(timeout_ms),
+        &[dnsbl_list("uri.test", "URIBL_TEST", 2.5)],
+    )
+}
+
+/// The URIBL symbols for a message linking to `link` (links extracted by the parser).
+fn uribl_symbols(u: &Uribl, link: &str) -> Vec<String> {
+    let message = Message::parse(with_link(link, "t"));
+    let domains = uribl::domains(message.uris());
+    rt().block_on(u.check(&domains))
+        .into_iter()
+        .map(|h| h.symbol)
+        .collect()
+}
+
+#[test]
+fn uribl_listed_unlisted_blocked() {
+    let dns = Dns::start();
+    let u = uribl_checker(dns.addr, 2000);
+    assert_eq!(
+        uribl_symbols(&u, "http://www.spam-domain.test/x"),
+        ["URIBL_TEST"]
+    );
+    // Schemeless, upper case, a deeper host: the same registrable domain.
+    assert_eq!(
+        uribl_symbols(&u, "WWW.Spam-Domain.TEST/offer"),
+        ["URIBL_TEST"]
+    );
+    // An IP-literal host is looked up reversed.
+    assert_eq!(uribl_symbols(&u, "http://192.0.2.9/x"), ["URIBL_TEST"]);
+    assert!(uribl_symbols(&u, "http://www.clean-domain.test/x").is_empty());
+    assert!(uribl_symbols(&u, "http://192.0.2.10/x").is_empty());
+    // A blocked-resolver answer is not a listing, but it is counted.
+    assert!(uribl_symbols(&u, "https://blocked-domain.test/").is_empty());
+    let counts = u.blocked_counts();
+    assert!(counts.contains(&("uri.test".to_string(), 1)), "{counts:?}");
+}
+
+#[test]
+fn uribl_dns_down_or_silent_is_not_listed_and_no_hang() {
+    let closed = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let silent = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let silent_addr = silent.local_addr().expect("addr");
+    // Many domains, all asked at once: one timeout in all, not one per domain.
+    let links: Vec<String> = (0..uribl::MAX_DOMAINS)
+        .map(|i| format!("http://www.d{i}.test/"))
+        .collect();
+    for ns in [closed, silent_addr] {
+        let u = uribl_checker(ns, 300);
+        let started = Instant::now();
+        assert!(
+            uribl_symbols(&u, "http://www.spam-domain.test/x").is_empty(),
+            "{ns}"
+        );
+        assert!(rt().block_on(u.check(&uribl::domains(&links))).is_empty());
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "{ns}: took {:?}",
+            started.elapsed()
+        );
+    }
+}
+
+/// `[dns]` and the URI block list uri.test (score 2.5), for the proxy and `scan`.
+fn uribl_config(ns: SocketAddr, timeout_ms: u64) -> String {
+    format!(
+        "[rules]\npaths = [\"{}\"]\n[dns]\nnameservers = [\"{ns}\"]\ntimeout_ms = {timeout_ms}\n\
+         [[uribl]]\nzone = \"uri.test\"\nsymbol = \"URIBL_TEST\"\nscore = 2.5\n",
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("rules")
+            .display()
+    )
+}
+
+/// `mailwarden scan --json` of `message` with `config`.
+fn scan_message_json(config: &str, message: &[u8]) -> (serde_json::Value, Duration) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let conf = dir.path().join("mailwarden.toml");
+    std::fs::write(&conf, config).expect("write config");
+    let msg = dir.path().join("m.eml");
+    std::fs::write(&msg, message).expect("write message");
+    let started = Instant::now();
+    let out: Output = Command::new(env!("CARGO_BIN_EXE_mailwarden"))
+        .arg("scan")
+        .arg("--config")
+        .arg(&conf)
+        .arg("--json")
+        .arg(&msg)
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run mailwarden scan");
+    let elapsed = started.elapsed();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let value = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| {
+        panic!(
+            "scan output is not JSON ({e}): {stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    (value, elapsed)
+}
+
+#[test]
+fn uribl_in_scan_json() {
+    let dns = Dns::start();
+    let config = uribl_config(dns.addr, 2000);
+    let (listed, _) = scan_message_json(&config, &with_link("http://www.spam-domain.test/x", "a"));
+    assert_eq!(symbol_score(&listed, "URIBL_TEST"), Some(2.5), "{listed}");
+    assert_eq!(listed["uribl"][0]["zone"], "uri.test", "{listed}");
+    assert_eq!(listed["uribl"][0]["domain"], "spam-domain.test", "{listed}");
+    assert_eq!(listed["uribl"][0]["code"], "127.0.0.2", "{listed}");
+    for link in [
+        "http://www.clean-domain.test/x",
+        "http://blocked-domain.test/",
+    ] {
+        let (clean, _) = scan_message_json(&config, &with_link(link, "b"));
+        assert_eq!(symbol_score(&clean, "URIBL_TEST"), None, "{link}: {clean}");
+        assert_eq!(clean["uribl"], serde_json::json!([]), "{link}: {clean}");
+    }
+    // DNS server down: not listed, and quickly.
+    let down = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let (clean, elapsed) = scan_message_json(
+        &uribl_config(down, 300),
+        &with_link("http://www.spam-domain.test/x", "c"),
+    );
+    assert_eq!(symbol_score(&clean, "URIBL_TEST"), None, "{clean}");
+    assert!(elapsed < Duration::from_secs(3), "took {elapsed:?}");
+}
+
+#[test]
+fn uribl_through_the_proxy() {
+    let dns = Dns::start();
+    let proxy = Proxy::start(&format!(
+        "[server]\nhostname = \"mx.example.test\"\n[upstream]\nurl = \"maildir:@DIR@/mail\"\n{}",
+        uribl_config(dns.addr, 1000)
+    ));
+    let send = |link: &str, tag: &str| {
+        let mut client = SmtpClient::connect_ehlo(proxy.addr(), "mail.loop.test");
+        client.send_mail("joe@loop.test", &["u@example.org"], &with_link(link, tag));
+        client.quit();
+    };
+    send("http://www.spam-domain.test/x", "listed");
+    send("http://www.clean-domain.test/x", "clean");
+    let new = proxy.dir().join("mail").join("new");
+    let heads: Vec<String> = std::fs::read_dir(&new)
+        .expect("maildir")
+        .filter_map(|e| e.ok())
+        .map(|e| {
+            let text = std::fs::read_to_string(e.path()).expect("read");
+            text.split("\r\n\r\n").next().unwrap_or("").to_string()
+        })
+        .collect();
+    assert_eq!(heads.len(), 2, "{heads:?}");
+    let head_of = |tag: &str| {
+        heads
+            .iter()
+            .find(|h| h.contains(&format!("Subject: offer {tag}")))
+            .unwrap_or_else(|| panic!("no message {tag}: {heads:?}"))
+            .clone()
+    };
+    let listed = head_of("listed");
+    let status = listed
+        .lines()
+        .skip_while(|l| !l.starts_with("X-Spam-Status:"))
+        .take_while(|l| l.starts_with("X-Spam-Status:") || l.starts_with([' ', '\t']))
+        .collect::<Vec<_>>()
+        .join(" ");
+    assert!(status.contains("URIBL_TEST"), "{listed}");
+    let clean = head_of("clean");
+    assert!(clean.contains("X-Spam-Status:"), "{clean}");
+    assert!(!clean.contains("URIBL_TEST"), "{clean}");
 }

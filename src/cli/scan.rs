@@ -13,7 +13,8 @@ use serde_json::json;
 
 use crate::config::Action;
 use crate::filter::auth::{AuthInput, AuthResults};
-use crate::filter::{Filter, Scan, ScanContext};
+use crate::filter::message::Message;
+use crate::filter::{Filter, Scan, ScanContext, uribl};
 
 /// Options of one `scan` run (also its command line).
 #[derive(Debug, Clone, Default, clap::Args)]
@@ -116,8 +117,15 @@ pub fn run(opts: &ScanOptions) -> u8 {
             (Some(d), Some(ip)) => runtime.block_on(d.check(ip)),
             _ => Vec::new(),
         };
-        ctx.add_dnsbl_hits(&dnsbl_hits);
-        let mut scan = engine.scan(raw, &ctx, budget);
+        ctx.add_list_hits(&dnsbl_hits);
+        // The URI block lists, on the message's links (the scan reuses the parse).
+        let message = Message::parse(raw);
+        let uribl_hits = match filter.uribl() {
+            Some(u) => runtime.block_on(u.check(&uribl::domains(message.uris()))),
+            None => Vec::new(),
+        };
+        ctx.add_list_hits(&uribl_hits);
+        let mut scan = engine.scan_message(message, &ctx, budget);
         if let Some(a) = &auth {
             filter.apply_auth_policy(&mut scan, a, opts.ip);
         }
@@ -131,6 +139,10 @@ pub fn run(opts: &ScanOptions) -> u8 {
                 if filter.dnsbl().is_some() && opts.ip.is_some() {
                     let hits: Vec<_> = dnsbl_hits.iter().map(|h| h.to_json()).collect();
                     obj.insert("dnsbl".into(), hits.into());
+                }
+                if filter.uribl().is_some() {
+                    let hits: Vec<_> = uribl_hits.iter().map(|h| h.to_uribl_json()).collect();
+                    obj.insert("uribl".into(), hits.into());
                 }
             }
             println!("{value}");

@@ -11,10 +11,14 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 mod auth;
-mod dnsbl;
+mod blocklist;
 mod filter;
 pub use auth::{AuthConfig, DnsConfig};
-pub use dnsbl::{DnsblConfig, default_blocked_codes};
+pub use blocklist::{BlockListConfig, default_blocked_codes};
+/// A `[[dnsbl]]` table.
+pub type DnsblConfig = BlockListConfig;
+/// A `[[uribl]]` table (the same keys as `[[dnsbl]]`).
+pub type UriblConfig = BlockListConfig;
 pub use filter::{Action, DomainPolicy, MultiRecipient, PolicyConfig, RuleAction, RulesConfig};
 
 /// The whole configuration file.
@@ -41,6 +45,10 @@ pub struct Config {
     /// `[[dnsbl]]`: block lists asked about the client IP (none by default).
     #[serde(default)]
     pub dnsbl: Vec<DnsblConfig>,
+    /// `[[uribl]]`: block lists asked about the registrable domains of the message's links
+    /// (none by default).
+    #[serde(default)]
+    pub uribl: Vec<UriblConfig>,
 }
 
 /// `[server]`: the inbound SMTP listener and its limits.
@@ -317,6 +325,11 @@ impl Config {
                 return err(&format!("[[dnsbl]] #{}", i + 1), e);
             }
         }
+        for (i, list) in self.uribl.iter().enumerate() {
+            if let Err(e) = list.validate() {
+                return err(&format!("[[uribl]] #{}", i + 1), e);
+            }
+        }
         Ok(())
     }
 
@@ -506,6 +519,17 @@ mod tests {
         assert_eq!(config.dnsbl[0].blocked_codes, default_blocked_codes());
         assert_eq!(config.dnsbl[1].codes.len(), 2);
         assert!(Config::parse("", "m.toml").expect("empty").dnsbl.is_empty());
+        let config = Config::parse(
+            "[[uribl]]\nzone = \"multi.surbl.org\"\nsymbol = \"URIBL_SURBL\"\nscore = 4.0\n",
+            "m.toml",
+        )
+        .expect("uribl");
+        assert_eq!(config.uribl.len(), 1);
+        assert_eq!(config.uribl[0].score, Some(4.0));
+        assert_eq!(config.uribl[0].blocked_codes, default_blocked_codes());
+        let e = Config::parse("[[uribl]]\nzone = \"bl\"\nsymbol = \"X\"\n", "m.toml")
+            .expect_err("bad uribl zone");
+        assert!(e.to_string().contains("[[uribl]] #1"), "{e}");
         let e = Config::parse(
             "[[dnsbl]]\nzone = \"bl.test\"\nsymbol = \"rbl\"\n",
             "m.toml",

@@ -9,6 +9,7 @@
 //! one `Engine` that reloads swap atomically; a scan keeps the engine it started with.
 
 pub mod auth;
+pub mod blocklist;
 pub mod dnsbl;
 pub mod headers;
 pub mod message;
@@ -16,6 +17,7 @@ pub mod policy;
 pub mod quarantine;
 pub mod reload;
 pub mod rules;
+pub mod uribl;
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -31,12 +33,14 @@ use crate::config::{Action as PolicyAction, AuthConfig, Config, PolicyConfig, Ru
 use crate::envelope::Envelope;
 use crate::smtp::reply::Reply;
 use auth::{AuthInput, AuthResults, Authenticator};
-use dnsbl::{Dnsbl, DnsblHit};
+use blocklist::ListHit;
+use dnsbl::Dnsbl;
 use headers::{HeaderEdits, SPAM_HEADERS};
 use message::Message;
 use policy::{Decision, Policy};
 use quarantine::Quarantine;
 use rules::{LoadOptions, LoadReport, RuleSet};
+use uribl::Uribl;
 
 /// What the session does with a message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -118,14 +122,15 @@ pub struct ScanContext {
     pub recipients: Vec<String>,
     /// Symbols already set before the rules run (e.g. the sender authentication results).
     pub preset: Vec<String>,
-    /// Scores for preset symbols given by the check that set them (e.g. a `[[dnsbl]]`
-    /// list's `score`); they win over the rule files' score.
+    /// Scores for preset symbols given by the check that set them (e.g. a `[[dnsbl]]` or
+    /// `[[uribl]]` list's `score`); they win over the rule files' score.
     pub preset_scores: HashMap<String, f64>,
 }
 
 impl ScanContext {
-    /// Adds the DNS block list hits as preset symbols with their configured scores.
-    pub fn add_dnsbl_hits(&mut self, hits: &[DnsblHit]) {
+    /// Adds the DNS block list hits (`[[dnsbl]]`, `[[uribl]]`) as preset symbols with their
+    /// configured scores.
+    pub fn add_list_hits(&mut self, hits: &[ListHit]) {
         for hit in hits {
             if !self.preset.contains(&hit.symbol) {
                 self.preset.push(hit.symbol.clone());
@@ -182,6 +187,11 @@ impl Engine {
 
     /// Scans one message. Blocking (CPU-bound): call it off the async reactor.
     pub fn scan(&self, raw: Vec<u8>, ctx: &ScanContext, budget: Duration) -> Scan {
+        self.scan_message(Message::parse(raw), ctx, budget)
+    }
+
+    /// Like [`scan`](Self::scan), for a message parsed already (e.g. for its links).
+    pub fn scan_message(&self, message: Message, ctx: &ScanContext, budget: Duration) -> Scan {
         let started = Instant::now();
         let symbol = |name: &str| Symbol {
             name: name.to_string(),
@@ -210,7 +220,6 @@ impl Engine {
                 elapsed: started.elapsed(),
             };
         }
-        let message = Message::parse(raw);
         let mut preset: Vec<&str> = ctx.preset.iter().map(String::as_str).collect();
         if !message.problems().is_empty() {
             preset.push(SYMBOL_MIME_MALFORMED);
@@ -269,6 +278,8 @@ pub struct Filter {
     auth_config: AuthConfig,
     /// The `[[dnsbl]]` lists; `None` when there are none.
     dnsbl: Option<Dnsbl>,
+    /// The `[[uribl]]` lists; `None` when there are none.
+    uribl: Option<Uribl>,
     /// Our authserv-id (`server.hostname`).
     hostname: String,
     /// Bounds concurrent scans to the CPU count, so a burst queues instead of thrashing.
@@ -292,24 +303,37 @@ impl Filter {
         } else {
             None
         };
-        let dnsbl = if config.dnsbl.is_empty() {
+        // The block lists use the sender checks' resolver when they run (one cache), else
+        // one of their own.
+        let resolver = if config.dnsbl.is_empty() && config.uribl.is_empty() {
             None
         } else {
-            // The sender checks' resolver when they run (one cache), else one of its own.
-            let resolver = match &auth {
+            Some(match &auth {
                 Some(a) => a.resolver().clone(),
                 None => auth::build_resolver(&config.dns)
                     .map_err(|e| vec![e])?
                     .resolver()
                     .clone(),
-            };
-            let trusted = config.auth.trusted_nets().map_err(|e| vec![e])?;
-            Some(Dnsbl::new(
-                resolver,
-                auth::lookup_timeout(&config.dns),
-                &config.dnsbl,
-                trusted,
-            ))
+            })
+        };
+        let timeout = auth::lookup_timeout(&config.dns);
+        let dnsbl = match &resolver {
+            Some(resolver) if !config.dnsbl.is_empty() => {
+                let trusted = config.auth.trusted_nets().map_err(|e| vec![e])?;
+                Some(Dnsbl::new(
+                    resolver.clone(),
+                    timeout,
+                    &config.dnsbl,
+                    trusted,
+                ))
+            }
+            _ => None,
+        };
+        let uribl = match &resolver {
+            Some(resolver) if !config.uribl.is_empty() => {
+                Some(Uribl::new(resolver.clone(), timeout, &config.uribl))
+            }
+            _ => None,
         };
         Ok(Filter {
             engine: ArcSwap::from_pointee(engine),
@@ -319,6 +343,7 @@ impl Filter {
             auth,
             auth_config: config.auth.clone(),
             dnsbl,
+            uribl,
             hostname: config.server.hostname.clone(),
             scan_slots: Semaphore::new(cpus),
             status: Mutex::new(status),
@@ -378,11 +403,17 @@ impl Filter {
         self.dnsbl.as_ref()
     }
 
+    /// The URI block lists, if any are configured.
+    pub fn uribl(&self) -> Option<&Uribl> {
+        self.uribl.as_ref()
+    }
+
     /// Scans a message for the proxy and turns the decision into a verdict.
     pub async fn check(&self, envelope: &Envelope, message: &[u8]) -> Verdict {
         // Sender authentication first (async DNS, each stage time-bounded); its results are
         // rule symbols for the scan.
-        // The DNS block lists run at the same time.
+        // The DNS block lists run at the same time, and so do the URI block lists on the
+        // message's links (parsed once, off the async threads; the scan reuses the parse).
         let client_ip = envelope.client.addr.ip();
         let auth_fut = async {
             match &self.auth {
@@ -403,7 +434,28 @@ impl Filter {
                 None => Vec::new(),
             }
         };
-        let (auth, dnsbl_hits) = tokio::join!(auth_fut, dnsbl_fut);
+        let uribl_fut = async {
+            let raw = message.to_vec();
+            match &self.uribl {
+                Some(u) => {
+                    let parsed = tokio::task::spawn_blocking(move || {
+                        let parsed = Message::parse(raw);
+                        let domains = uribl::domains(parsed.uris());
+                        (parsed, domains)
+                    })
+                    .await;
+                    match parsed {
+                        Ok((parsed, domains)) => (Some(parsed), u.check(&domains).await),
+                        Err(e) => {
+                            tracing::warn!(id = %envelope.id, error = %e, "URIBL: link extraction failed; not checked");
+                            (None, Vec::new())
+                        }
+                    }
+                }
+                None => (Some(Message::parse(raw)), Vec::new()),
+            }
+        };
+        let (auth, dnsbl_hits, (parsed, uribl_hits)) = tokio::join!(auth_fut, dnsbl_fut, uribl_fut);
         let mut ctx = ScanContext {
             ip: Some(envelope.client.addr.ip()),
             helo: envelope.client.helo.clone(),
@@ -418,22 +470,26 @@ impl Filter {
         if let Some(a) = &auth {
             ctx.preset = a.symbols.clone();
         }
-        ctx.add_dnsbl_hits(&dnsbl_hits);
+        ctx.add_list_hits(&dnsbl_hits);
+        ctx.add_list_hits(&uribl_hits);
         let engine = self.engine();
         let budget = Duration::from_millis(self.rules_config.scan_timeout_ms);
-        let raw = message.to_vec();
+        let parsed = parsed.unwrap_or_else(|| Message::parse(message.to_vec()));
         let _slot = self.scan_slots.acquire().await;
-        let scan = match tokio::task::spawn_blocking(move || engine.scan(raw, &ctx, budget)).await {
-            Ok(scan) => scan,
-            Err(e) => {
-                tracing::error!(id = %envelope.id, error = %e, "scan failed; message deferred");
-                return Verdict {
-                    action: Action::TempFail(crate::smtp::reply::local_error()),
-                    edits: HeaderEdits::default(),
-                    summary: "action=tempfail scan-failed".into(),
-                };
-            }
-        };
+        let scan =
+            match tokio::task::spawn_blocking(move || engine.scan_message(parsed, &ctx, budget))
+                .await
+            {
+                Ok(scan) => scan,
+                Err(e) => {
+                    tracing::error!(id = %envelope.id, error = %e, "scan failed; message deferred");
+                    return Verdict {
+                        action: Action::TempFail(crate::smtp::reply::local_error()),
+                        edits: HeaderEdits::default(),
+                        summary: "action=tempfail scan-failed".into(),
+                    };
+                }
+            };
         self.verdict(envelope, message, scan, auth.as_ref()).await
     }
 

@@ -1,13 +1,14 @@
-//! `[[dnsbl]]`: DNS block lists asked about the client's IP address.
+//! `[[dnsbl]]` and `[[uribl]]`: DNS block lists asked about the client's IP address and about
+//! the domains of the message's links; one table layout, one validation, for both.
 
 use std::net::Ipv4Addr;
 
 use serde::Deserialize;
 
-/// One `[[dnsbl]]` table: a block list zone and what a listing means.
+/// One `[[dnsbl]]` or `[[uribl]]` table: a block list zone and what a listing means.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct DnsblConfig {
+pub struct BlockListConfig {
     /// The list's DNS zone, e.g. `"zen.spamhaus.org"`.
     pub zone: String,
     /// The rule symbol a listing sets, e.g. `"RBL_SPAMHAUS"` (`[A-Z0-9_]+`).
@@ -33,7 +34,7 @@ pub fn default_blocked_codes() -> Vec<Ipv4Addr> {
         .collect()
 }
 
-impl DnsblConfig {
+impl BlockListConfig {
     /// Checks the zone, symbol and score; the error says what to write instead.
     pub fn validate(&self) -> Result<(), String> {
         let zone = self.zone.trim_end_matches('.');
@@ -99,8 +100,8 @@ impl DnsblConfig {
 mod tests {
     use super::*;
 
-    fn list(zone: &str, symbol: &str) -> DnsblConfig {
-        DnsblConfig {
+    fn list(zone: &str, symbol: &str) -> BlockListConfig {
+        BlockListConfig {
             zone: zone.into(),
             symbol: symbol.into(),
             score: Some(1.0),
