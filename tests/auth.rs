@@ -1066,3 +1066,39 @@ fn uribl_through_the_proxy() {
     assert!(clean.contains("X-Spam-Status:"), "{clean}");
     assert!(!clean.contains("URIBL_TEST"), "{clean}");
 }
+
+/// RFC 7489 §6.6.4: with `pct=0` no failing message gets the published policy (reject is
+/// applied as the next milder one, quarantine); `pct=100` is the plain policy.
+#[test]
+fn dmarc_pct_samples_the_policy() {
+    let extra = [
+        ("sampled.test", "v=spf1 ip4:192.0.2.0/24 -all"),
+        ("_dmarc.sampled.test", "v=DMARC1; p=reject; pct=0"),
+        ("full.test", "v=spf1 ip4:192.0.2.0/24 -all"),
+        ("_dmarc.full.test", "v=DMARC1; p=reject; pct=100"),
+    ]
+    .map(|(n, t)| (n.to_string(), t.to_string()));
+    let dns = Dns::start_with(&extra);
+    let auth = authenticator(dns.addr, 2000);
+    let r = check(
+        &auth,
+        "198.51.100.7",
+        "mail.sampled.test",
+        "joe@sampled.test",
+        &plain("joe@sampled.test"),
+    );
+    assert_eq!(r.dmarc, Some("fail"), "{:?}", r.symbols);
+    assert_eq!(r.dmarc_pct, Some(0));
+    assert!(!r.dmarc_reject(), "pct=0 must not reject: {:?}", r.symbols);
+    assert!(has(&r, "DMARC_QUARANTINE"), "{:?}", r.symbols);
+
+    let r = check(
+        &auth,
+        "198.51.100.7",
+        "mail.full.test",
+        "joe@full.test",
+        &plain("joe@full.test"),
+    );
+    assert_eq!(r.dmarc_pct, None);
+    assert!(r.dmarc_reject(), "pct=100 rejects: {:?}", r.symbols);
+}

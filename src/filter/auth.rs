@@ -66,6 +66,8 @@ pub struct AuthResults {
     pub dmarc_policy: &'static str,
     /// The RFC5322.From domain DMARC looked at.
     pub dmarc_domain: String,
+    /// The record's `pct=` (RFC 7489 §6.3) when below 100 and the message failed.
+    pub dmarc_pct: Option<u8>,
     /// Rule symbols for the scan.
     pub symbols: Vec<String>,
     /// Complete header fields to add (no final CRLF): Authentication-Results, Received-SPF.
@@ -98,6 +100,7 @@ impl AuthResults {
                 "result": d.result, "domain": d.domain, "selector": d.selector,
             })).collect::<Vec<_>>(),
             "dmarc": self.dmarc.unwrap_or("skipped"),
+            "dmarc_pct": self.dmarc_pct,
             "dmarc_policy": self.dmarc_policy,
             "dmarc_domain": self.dmarc_domain,
             "arc": self.arc,
@@ -136,6 +139,36 @@ impl Authenticator {
     /// The shared resolver (for the DNS block lists: one cache for all checks).
     pub fn resolver(&self) -> &TokioResolver {
         self.inner.resolver()
+    }
+
+    /// The `pct=` of the DMARC record for `domain` (or, without one, of its organisational
+    /// domain), when it is below 100. Lookup failures mean "no pct" (apply the policy).
+    async fn legacy_pct(&self, domain: &str) -> Option<u8> {
+        let org = psl::domain_str(domain).filter(|o| *o != domain);
+        for name in std::iter::once(domain).chain(org) {
+            let query = format!("_dmarc.{name}.");
+            let lookup =
+                tokio::time::timeout(self.stage_budget / 2, self.resolver().txt_lookup(query));
+            let Ok(Ok(answer)) = lookup.await else {
+                continue;
+            };
+            for record in answer.answers() {
+                let mail_auth::hickory_resolver::proto::rr::RData::TXT(txt) = &record.data else {
+                    continue;
+                };
+                let text: Vec<u8> = txt
+                    .txt_data
+                    .iter()
+                    .flat_map(|part| part.iter().copied())
+                    .collect();
+                let text = String::from_utf8_lossy(&text);
+                if !text.trim_start().starts_with("v=DMARC1") {
+                    continue;
+                }
+                return dmarc_pct_tag(&text).filter(|&pct| pct < 100);
+            }
+        }
+        None
     }
 
     /// Whether SPF and DMARC are skipped for this client (`auth.trusted_networks`).
@@ -322,6 +355,20 @@ impl Authenticator {
             let word = dmarc_word(&d.result());
             out.dmarc = Some(word);
             out.dmarc_temperror = word == "temperror";
+            if word == "fail" && out.dmarc_policy != "none" {
+                // RFC 7489 §6.6.4 pct: mail-auth 0.13 follows DMARCbis, which dropped it, so
+                // the tag is read here. A failing message outside the sampled share gets the
+                // next milder policy (reject → quarantine, quarantine → none).
+                if let Some(pct) = self.legacy_pct(&out.dmarc_domain).await {
+                    out.dmarc_pct = Some(pct);
+                    if !sampled(pct, raw) {
+                        out.dmarc_policy = match out.dmarc_policy {
+                            "reject" => "quarantine",
+                            _ => "none",
+                        };
+                    }
+                }
+            }
             symbols.push(
                 match (word, out.dmarc_policy) {
                     ("pass", _) => "DMARC_PASS",
@@ -487,6 +534,27 @@ fn dkim_word(r: &DkimResult) -> &'static str {
     }
 }
 
+/// The `pct=` tag of a DMARC record (0..=100); an invalid value means the tag is absent.
+fn dmarc_pct_tag(record: &str) -> Option<u8> {
+    record.split(';').find_map(|tag| {
+        let (key, value) = tag.split_once('=')?;
+        if !key.trim().eq_ignore_ascii_case("pct") {
+            return None;
+        }
+        value.trim().parse::<u8>().ok().filter(|&p| p <= 100)
+    })
+}
+
+/// Whether this message falls in the `pct` share that gets the policy: a hash of the
+/// message and the time, so retries of one message are not bound to one outcome.
+fn sampled(pct: u8, raw: &[u8]) -> bool {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    raw.hash(&mut h);
+    std::time::SystemTime::now().hash(&mut h);
+    (h.finish() % 100) < u64::from(pct)
+}
+
 fn dmarc_word(r: &DmarcResult) -> &'static str {
     match r {
         DmarcResult::Pass => "pass",
@@ -517,6 +585,17 @@ pub fn claims_authserv_id(value: &str, authserv_id: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn dmarc_pct_tag_parsing() {
+        assert_eq!(dmarc_pct_tag("v=DMARC1; p=reject; pct=25"), Some(25));
+        assert_eq!(dmarc_pct_tag("v=DMARC1;p=reject;PCT = 0 "), Some(0));
+        assert_eq!(dmarc_pct_tag("v=DMARC1; p=reject"), None);
+        assert_eq!(dmarc_pct_tag("v=DMARC1; pct=101"), None);
+        assert_eq!(dmarc_pct_tag("v=DMARC1; pct=x"), None);
+        assert!(sampled(100, b"m") && !sampled(0, b"m"));
+    }
+
     use super::*;
 
     #[test]
