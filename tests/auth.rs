@@ -691,15 +691,7 @@ fn dnsbl_through_the_proxy() {
         let r = send(ip);
         assert!(r.is_positive(), "{ip}: {}", r.wire());
     }
-    let new = proxy.dir().join("mail").join("new");
-    let heads: Vec<String> = std::fs::read_dir(&new)
-        .expect("maildir")
-        .filter_map(|e| e.ok())
-        .map(|e| {
-            let text = std::fs::read_to_string(e.path()).expect("read");
-            text.split("\r\n\r\n").next().unwrap_or("").to_string()
-        })
-        .collect();
+    let heads = delivered_headers(&proxy);
     assert_eq!(heads.len(), 3, "{heads:?}");
     let head_of = |ip: &str| {
         heads
@@ -1037,15 +1029,7 @@ fn uribl_through_the_proxy() {
     };
     send("http://www.spam-domain.test/x", "listed");
     send("http://www.clean-domain.test/x", "clean");
-    let new = proxy.dir().join("mail").join("new");
-    let heads: Vec<String> = std::fs::read_dir(&new)
-        .expect("maildir")
-        .filter_map(|e| e.ok())
-        .map(|e| {
-            let text = std::fs::read_to_string(e.path()).expect("read");
-            text.split("\r\n\r\n").next().unwrap_or("").to_string()
-        })
-        .collect();
+    let heads = delivered_headers(&proxy);
     assert_eq!(heads.len(), 2, "{heads:?}");
     let head_of = |tag: &str| {
         heads
@@ -1101,4 +1085,17 @@ fn dmarc_pct_samples_the_policy() {
     );
     assert_eq!(r.dmarc_pct, None);
     assert!(r.dmarc_reject(), "pct=100 rejects: {:?}", r.symbols);
+}
+
+/// The header blocks of the messages the proxy delivered to its Maildir.
+fn delivered_headers(proxy: &Proxy) -> Vec<String> {
+    let new = proxy.dir().join("mail").join("new");
+    std::fs::read_dir(&new)
+        .expect("maildir")
+        .filter_map(|e| e.ok())
+        .map(|e| {
+            let text = std::fs::read_to_string(e.path()).expect("read");
+            text.split("\r\n\r\n").next().unwrap_or("").to_string()
+        })
+        .collect()
 }

@@ -21,6 +21,8 @@
 
 mod support;
 
+use support::show;
+
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -189,21 +191,6 @@ fn delivery_counter(name: &str) -> u64 {
         .and_then(|unique| unique.rsplit_once('Q'))
         .and_then(|(_, n)| n.parse().ok())
         .unwrap_or(u64::MAX)
-}
-
-/// Bytes with CR, LF and non-ASCII made visible.
-fn show(bytes: &[u8]) -> String {
-    let mut out = String::new();
-    for &b in bytes {
-        match b {
-            b'\r' => out.push_str("\\r"),
-            b'\n' => out.push_str("\\n"),
-            b'\t' => out.push_str("\\t"),
-            0x20..=0x7e => out.push(b as char),
-            _ => out.push_str(&format!("\\x{b:02x}")),
-        }
-    }
-    out
 }
 
 /// One reply as the client saw it.

@@ -447,24 +447,14 @@ impl Translator<'_> {
             }
             b'E' => self.can_quantify = false,
             b'k' => {
-                let (open, close) = match self.peek() {
-                    Some(b'<') => (b'<', b'>'),
-                    Some(b'{') => (b'{', b'}'),
-                    Some(b'\'') => (b'\'', b'\''),
+                let close = match self.peek() {
+                    Some(b'<') => b'>',
+                    Some(b'{') => b'}',
+                    Some(b'\'') => b'\'',
                     _ => return unsupported("bad \\k escape"),
                 };
-                let _ = open;
-                let end = self.p[self.i + 1..]
-                    .iter()
-                    .position(|&b| b == close)
-                    .ok_or_else(|| Unsupported("unterminated \\k<name>".into()))?;
-                let name = String::from_utf8_lossy(&self.p[self.i + 1..self.i + 1 + end]);
-                if !valid_group_name(&name) {
-                    return unsupported("bad group name");
-                }
-                let s = format!("\\k<{name}>");
-                self.i += end + 2;
-                self.backref(&s);
+                let name = self.group_name(close, "unterminated \\k<name>")?;
+                self.backref(&format!("\\k<{name}>"));
             }
             b'g' => {
                 // \gN, \g{N}, \g{-N}, \g{name}
@@ -514,6 +504,21 @@ impl Translator<'_> {
             _ => self.out.byte(c),
         }
         Ok(())
+    }
+
+    /// Reads a group name opened at `self.i` (the opening delimiter) up to `close`, checks it
+    /// and moves past the closing delimiter.
+    fn group_name(&mut self, close: u8, unterminated: &str) -> Result<String, Unsupported> {
+        let end = self.p[self.i + 1..]
+            .iter()
+            .position(|&b| b == close)
+            .ok_or_else(|| Unsupported(unterminated.into()))?;
+        let name = String::from_utf8_lossy(&self.p[self.i + 1..self.i + 1 + end]).into_owned();
+        if !valid_group_name(&name) {
+            return unsupported("bad group name");
+        }
+        self.i += end + 2;
+        Ok(name)
     }
 
     fn backref(&mut self, full: &str) {
@@ -615,16 +620,8 @@ impl Translator<'_> {
                 } else {
                     b'>'
                 };
-                let end = self.p[self.i + 1..]
-                    .iter()
-                    .position(|&b| b == close)
-                    .ok_or_else(|| Unsupported("unterminated group name".into()))?;
-                let name = String::from_utf8_lossy(&self.p[self.i + 1..self.i + 1 + end]);
-                if !valid_group_name(&name) {
-                    return unsupported("bad group name");
-                }
+                let name = self.group_name(close, "unterminated group name")?;
                 let s = format!("(?P<{name}>");
-                self.i += end + 2;
                 self.ncap += 1;
                 self.groups.push(Group::Plain);
                 self.out.both(&s);
