@@ -1099,3 +1099,65 @@ fn delivered_headers(proxy: &Proxy) -> Vec<String> {
         })
         .collect()
 }
+
+/// SPF checks the client a trusted proxy names (PROXY protocol header, XCLIENT), not the
+/// proxy: example.test allows only 192.0.2.0/24, and every connection here comes from
+/// 127.0.0.1.
+#[test]
+fn spf_checks_the_client_named_by_a_trusted_proxy() {
+    let dns = Dns::start();
+    let config = |server_extra: &str| {
+        format!(
+            "[server]\nhostname = \"mx.example.test\"\n{server_extra}\n[upstream]\nurl = \"maildir:@DIR@/mail\"\n[rules]\npaths = []\n[dns]\nnameservers = [\"{}\"]\ntimeout_ms = 1000\n",
+            dns.addr
+        )
+    };
+    let message = plain("Joe <joe@example.test>");
+    let spf_of = |proxy: &Proxy| -> Vec<String> {
+        delivered_headers(proxy)
+            .iter()
+            .filter_map(|h| {
+                h.lines()
+                    .find(|l| l.starts_with("Received-SPF:"))
+                    .map(|l| l.split_whitespace().nth(1).unwrap_or("").to_string())
+            })
+            .collect()
+    };
+
+    let by_header = Proxy::start(&config(
+        "proxy_protocol = true\ntrusted_proxies = [\"127.0.0.1\"]",
+    ));
+    let mut c = SmtpClient::connect(by_header.addr());
+    c.send(b"PROXY TCP4 192.0.2.7 127.0.0.1 40000 25\r\n");
+    let greeting = c.reply();
+    c.expect_code(&greeting, 220, "greeting");
+    let r = c.cmd("EHLO mail.example.test");
+    c.expect_code(&r, 250, "EHLO");
+    let r = c.send_mail("joe@example.test", &["u@example.org"], &message);
+    c.expect_code(&r, 250, "end of data");
+    c.quit();
+    assert_eq!(spf_of(&by_header), vec!["pass"]);
+
+    let by_xclient = Proxy::start(&config("trusted_proxies = [\"127.0.0.1\"]"));
+    let mut c = SmtpClient::connect_ehlo(by_xclient.addr(), "proxy.loop.test");
+    let r = c.cmd("XCLIENT ADDR=192.0.2.7 HELO=mail.example.test");
+    c.expect_code(&r, 220, "XCLIENT");
+    let r = c.send_mail("joe@example.test", &["u@example.org"], &message);
+    c.expect_code(&r, 250, "end of data");
+    c.quit();
+    assert_eq!(spf_of(&by_xclient), vec!["pass"]);
+
+    // Without either, the proxy's own address is checked: SPF fails, and with it DMARC
+    // (p=reject, no DKIM signature).
+    let direct = Proxy::start(&config(""));
+    let mut c = SmtpClient::connect_ehlo(direct.addr(), "mail.example.test");
+    let r = c.cmd("MAIL FROM:<joe@example.test>");
+    c.expect_code(&r, 250, "MAIL");
+    let r = c.cmd("RCPT TO:<u@example.org>");
+    c.expect_code(&r, 250, "RCPT");
+    let r = c.data(&message);
+    assert_eq!(r.code, 550, "{r}");
+    assert!(r.text().contains("DMARC"), "{r}");
+    c.quit();
+    assert!(spf_of(&direct).is_empty());
+}

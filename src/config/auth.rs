@@ -89,17 +89,7 @@ impl Default for AuthConfig {
 impl AuthConfig {
     /// The trusted networks; errors name the bad entry.
     pub fn trusted_nets(&self) -> Result<Vec<ipnet::IpNet>, String> {
-        self.trusted_networks
-            .iter()
-            .map(|s| {
-                let s = s.trim();
-                s.parse::<ipnet::IpNet>()
-                    .or_else(|_| s.parse::<IpAddr>().map(ipnet::IpNet::from))
-                    .map_err(|_| {
-                        format!("{s:?} is not an IP address or CIDR (e.g. \"192.0.2.0/24\")")
-                    })
-            })
-            .collect()
+        super::parse_networks(&self.trusted_networks)
     }
 }
 

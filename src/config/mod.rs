@@ -79,6 +79,13 @@ pub struct ServerConfig {
     pub data_timeout_secs: u64,
     /// What to do with a bare LF or bare CR (a line ending that is not CRLF).
     pub bare_newline: BareNewline,
+    /// Expect a PROXY protocol header (HAProxy v1 or v2) from `trusted_proxies`: mailwarden
+    /// runs behind a TCP load balancer and takes the client address from the header.
+    pub proxy_protocol: bool,
+    /// Hosts allowed to tell mailwarden who the real client is: by a PROXY protocol header
+    /// (when `proxy_protocol = true`) and by the XCLIENT command (Postfix's protocol, as
+    /// `smtpd_authorized_xclient_hosts`). CIDRs or addresses; empty by default (nobody).
+    pub trusted_proxies: Vec<String>,
 }
 
 impl Default for ServerConfig {
@@ -95,8 +102,38 @@ impl Default for ServerConfig {
             command_timeout_secs: 300,
             data_timeout_secs: 300,
             bare_newline: BareNewline::Reject,
+            proxy_protocol: false,
+            trusted_proxies: Vec::new(),
         }
     }
+}
+
+impl ServerConfig {
+    /// `trusted_proxies`, parsed.
+    pub fn trusted_proxy_nets(&self) -> Result<Vec<ipnet::IpNet>, String> {
+        parse_networks(&self.trusted_proxies)
+    }
+}
+
+/// Parses a list of CIDRs or single addresses (`"192.0.2.0/24"`, `"2001:db8::1"`).
+pub fn parse_networks(list: &[String]) -> Result<Vec<ipnet::IpNet>, String> {
+    list.iter()
+        .map(|s| {
+            let s = s.trim();
+            s.parse::<ipnet::IpNet>()
+                .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                .map_err(|_| format!("{s:?} is not an IP address or CIDR (e.g. \"192.0.2.0/24\")"))
+        })
+        .collect()
+}
+
+/// Whether `ip` is in one of `nets`; an IPv4-mapped IPv6 address counts as its IPv4 address.
+pub fn in_networks(nets: &[ipnet::IpNet], ip: std::net::IpAddr) -> bool {
+    let ip = match ip {
+        std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, std::net::IpAddr::V4),
+        v4 => v4,
+    };
+    nets.iter().any(|n| n.contains(&ip))
 }
 
 /// Policy for bare LF / bare CR, as Postfix's `smtpd_forbid_bare_newline`.
@@ -287,6 +324,16 @@ impl Config {
         }
         if s.command_timeout_secs == 0 || s.data_timeout_secs == 0 {
             return err("server.*_timeout_secs", "must be at least 1 second".into());
+        }
+        match s.trusted_proxy_nets() {
+            Err(e) => return err("server.trusted_proxies", e),
+            Ok(nets) if s.proxy_protocol && nets.is_empty() => {
+                return err(
+                    "server.proxy_protocol",
+                    "is true but server.trusted_proxies is empty: list the load balancers' addresses (e.g. [\"10.0.0.5\"]), or set proxy_protocol = false".into(),
+                );
+            }
+            Ok(_) => {}
         }
         let u = &self.upstream;
         if u.connect_timeout_secs == 0 || u.command_timeout_secs == 0 || u.data_timeout_secs == 0 {

@@ -173,11 +173,7 @@ impl Authenticator {
 
     /// Whether SPF and DMARC are skipped for this client (`auth.trusted_networks`).
     pub fn is_trusted(&self, ip: IpAddr) -> bool {
-        let ip = match ip {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-            v4 => v4,
-        };
-        self.trusted.iter().any(|net| net.contains(&ip))
+        crate::config::in_networks(&self.trusted, ip)
     }
 
     /// Runs SPF, DKIM, ARC and DMARC for one message.

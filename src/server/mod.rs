@@ -5,6 +5,7 @@
 //! stop, idle sessions get `421 4.3.2`, sessions inside a transaction may finish it (up to the
 //! grace period), then the process exits. Nothing is ever acknowledged that was not relayed.
 
+pub mod proxy_protocol;
 pub mod tls;
 
 use std::collections::HashMap;
@@ -36,6 +37,15 @@ pub struct Services {
     pub relay: Arc<Relay>,
     pub filter: Arc<Filter>,
     pub tls: Option<TlsAcceptor>,
+    /// `[server] trusted_proxies`: who may name the real client (PROXY header, XCLIENT).
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+}
+
+impl Services {
+    /// Whether `ip` may tell us who the real client is (`[server] trusted_proxies`).
+    pub fn is_trusted_proxy(&self, ip: IpAddr) -> bool {
+        crate::config::in_networks(&self.trusted_proxies, ip)
+    }
 }
 
 impl Services {
@@ -70,11 +80,16 @@ impl Services {
                 errors.join("\n  ")
             )
         })?;
+        let trusted_proxies = config
+            .server
+            .trusted_proxy_nets()
+            .map_err(|e| anyhow::anyhow!("server.trusted_proxies: {e}"))?;
         Ok(Services {
             config,
             relay: Arc::new(relay),
             filter: Arc::new(filter),
             tls,
+            trusted_proxies,
         })
     }
 }
@@ -93,14 +108,16 @@ struct Slot {
 }
 
 impl Limits {
-    fn acquire(self: &Arc<Self>, ip: IpAddr) -> Result<Slot, &'static str> {
+    /// Takes a slot for a session from `ip`; `per_ip_limit = false` for a trusted proxy,
+    /// which speaks for many clients.
+    fn acquire(self: &Arc<Self>, ip: IpAddr, per_ip_limit: bool) -> Result<Slot, &'static str> {
         let mut guard = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let (total, per_ip) = &mut *guard;
         if *total >= self.max_total {
             return Err("total");
         }
         let n = per_ip.entry(ip).or_insert(0);
-        if *n >= self.max_per_ip {
+        if per_ip_limit && *n >= self.max_per_ip {
             return Err("per-ip");
         }
         *n += 1;
@@ -277,7 +294,8 @@ async fn accept_loop(
         };
         let _ = stream.set_nodelay(true);
         let services = services.clone();
-        match limits.acquire(peer.ip()) {
+        let per_ip_limit = !services.is_trusted_proxy(peer.ip());
+        match limits.acquire(peer.ip(), per_ip_limit) {
             Ok(slot) => {
                 let shutdown = shutdown.clone();
                 tokio::spawn(async move {
@@ -294,24 +312,44 @@ async fn accept_loop(
 }
 
 async fn run_session(
-    stream: TcpStream,
+    mut stream: TcpStream,
     peer: SocketAddr,
     services: Arc<Services>,
     shutdown: watch::Receiver<bool>,
 ) {
-    let local = stream.local_addr().unwrap_or(peer);
+    let mut local = stream.local_addr().unwrap_or(peer);
+    let mut addr = peer;
+    if services.config.server.proxy_protocol && services.is_trusted_proxy(peer.ip()) {
+        match proxy_protocol::read_header(&mut stream).await {
+            Ok(proxy_protocol::Header::Proxied {
+                source,
+                destination,
+            }) => {
+                tracing::debug!(proxy = %peer, client = %source, "PROXY protocol header");
+                addr = source;
+                local = destination;
+            }
+            Ok(proxy_protocol::Header::Local) => {}
+            Err(e) => {
+                // The specification: drop the connection, say nothing (the peer is a proxy,
+                // not an SMTP client).
+                tracing::warn!(proxy = %peer, error = %e, "PROXY protocol header refused; closing the connection (is the load balancer configured to send it? see [server] proxy_protocol)");
+                return;
+            }
+        }
+    }
     let client = ClientInfo {
-        addr: peer,
+        addr,
         local,
         helo: None,
         esmtp: false,
         tls: None,
     };
-    tracing::debug!(client = %peer, "connect");
+    tracing::debug!(client = %addr, "connect");
     Session::new(Box::new(stream), client, services, shutdown)
         .run()
         .await;
-    tracing::debug!(client = %peer, "disconnect");
+    tracing::debug!(client = %addr, "disconnect");
 }
 
 /// Greets an over-limit client with 421 and closes (RFC 5321 §3.1).

@@ -27,6 +27,9 @@ pub enum Command {
     Expn,
     Help,
     StartTls,
+    /// `XCLIENT attr=value ...` (Postfix), its arguments unparsed: only a trusted proxy may
+    /// use it, and that is checked before the arguments (see `smtp::xclient`).
+    Xclient(String),
     /// A command we know of but do not offer (AUTH, ETRN, TURN, ...).
     NotImplemented(String),
 }
@@ -134,8 +137,10 @@ pub fn parse(line: &[u8]) -> Result<Command, Reply> {
         "EXPN" => Ok(Command::Expn),
         "HELP" => Ok(Command::Help),
         "STARTTLS" => no_args(Command::StartTls),
-        "AUTH" | "ETRN" | "TURN" | "ATRN" | "SEND" | "SOML" | "SAML" | "XCLIENT" | "XFORWARD"
-        | "BURL" => Ok(Command::NotImplemented(verb.to_ascii_uppercase())),
+        "XCLIENT" => Ok(Command::Xclient(rest.to_string())),
+        "AUTH" | "ETRN" | "TURN" | "ATRN" | "SEND" | "SOML" | "SAML" | "XFORWARD" | "BURL" => {
+            Ok(Command::NotImplemented(verb.to_ascii_uppercase()))
+        }
         _ => Err(reply::unknown_command()),
     }
 }

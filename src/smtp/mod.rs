@@ -6,3 +6,4 @@ pub mod connection;
 pub mod data;
 pub mod reply;
 pub mod session;
+pub mod xclient;

@@ -18,6 +18,7 @@ use super::command::{self, Command, MailFrom, RcptTo};
 use super::connection::{Connection, Io, ReadError};
 use super::data::{DataDecoder, Problem};
 use super::reply::{self, Reply};
+use super::xclient;
 use crate::config::BareNewline;
 use crate::envelope::{ClientInfo, Envelope};
 use crate::filter::{Action, headers};
@@ -207,6 +208,7 @@ impl Session {
                 return Next::Close;
             }
             Command::StartTls => return self.starttls().await,
+            Command::Xclient(args) => self.xclient(&args).await,
         }
         Next::Continue
     }
@@ -242,7 +244,38 @@ impl Session {
         if self.services.tls.is_some() && self.client.tls.is_none() {
             lines.push("STARTTLS".to_string());
         }
+        if self.services.is_trusted_proxy(self.client.addr.ip()) {
+            lines.push(xclient::EHLO_KEYWORD.to_string());
+        }
         self.conn.reply(&Reply::from_lines(250, lines));
+    }
+
+    /// XCLIENT from a trusted proxy: the real client's address and HELO replace the proxy's,
+    /// and the session starts over with a greeting (Postfix's XCLIENT_README). The check
+    /// uses the client as the session knows it now, so after one XCLIENT the named client
+    /// must itself be trusted to send another (as in Postfix).
+    async fn xclient(&mut self, args: &str) {
+        if !self.services.is_trusted_proxy(self.client.addr.ip()) {
+            tracing::info!(client = %self.client.addr, "XCLIENT from a host not in [server] trusted_proxies; refused");
+            return self.error(&Reply::new(
+                550,
+                "5.7.0",
+                "Error: insufficient authorization",
+            ));
+        }
+        if self.txn.is_some() || self.bdat.is_some() {
+            return self.error(&reply::bad_sequence("Error: MAIL transaction in progress"));
+        }
+        let update = match xclient::parse(args) {
+            Ok(update) => update,
+            Err(r) => return self.error(&r),
+        };
+        let proxy = self.client.addr;
+        self.reset().await;
+        update.apply(&mut self.client);
+        tracing::debug!(proxy = %proxy, client = %self.client.addr, helo = ?self.client.helo, "XCLIENT");
+        let greeting = reply::greeting(self.hostname());
+        self.conn.reply(&greeting);
     }
 
     async fn mail(&mut self, mail: MailFrom) {

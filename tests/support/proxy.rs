@@ -212,6 +212,19 @@ impl Proxy {
     }
 
     /// The config file contents the proxy was started with.
+    /// Waits (up to 5 s) until the log contains `needle`; the log arrives through a pipe
+    /// read by another thread, a little after the proxy wrote it. Returns the log.
+    pub fn wait_for_log(&self, needle: &str) -> String {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let log = self.log();
+            if log.contains(needle) || std::time::Instant::now() > deadline {
+                return log;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     pub fn config_text(&self) -> &str {
         &self.config
     }

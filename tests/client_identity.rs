@@ -1,0 +1,193 @@
+//! Who the client is when mailwarden sits behind another proxy: the PROXY protocol header
+//! (HAProxy v1 and v2) and the inbound XCLIENT command, each honoured only from
+//! `[server] trusted_proxies`.
+//!
+//! The proof is what the upstream is told: the proxy forwards the client's identity with
+//! XCLIENT to the (fake) upstream, so `ADDR=` there is the address mailwarden believes.
+//! The sender checks (SPF on that address) are covered in tests/auth.rs.
+
+mod support;
+
+use std::net::IpAddr;
+
+use support::{FakeUpstream, Proxy, Script, SmtpClient};
+
+const MESSAGE: &[u8] = b"From: a@example.org\r\nTo: b@example.org\r\nSubject: hi\r\n\r\nhello\r\n";
+
+fn upstream() -> FakeUpstream {
+    FakeUpstream::start(Script::default().xclient(true))
+}
+
+fn proxy(upstream: &FakeUpstream, server_extra: &str) -> Proxy {
+    Proxy::start(&format!(
+        "[server]\nhostname = \"mx.example.test\"\n{server_extra}\n[upstream]\nurl = \"{}\"\nxclient = \"always\"\n",
+        upstream.url()
+    ))
+}
+
+/// The ADDR= values of the XCLIENT commands the upstream saw.
+fn xclient_addrs(upstream: &FakeUpstream) -> Vec<String> {
+    upstream
+        .commands()
+        .iter()
+        .filter(|c| c.starts_with("XCLIENT"))
+        .filter_map(|c| {
+            c.split(' ')
+                .find_map(|a| a.strip_prefix("ADDR="))
+                .map(str::to_string)
+        })
+        .collect()
+}
+
+fn send_one(client: &mut SmtpClient) {
+    let r = client.cmd("EHLO client.example.org");
+    client.expect_code(&r, 250, "EHLO");
+    let r = client.send_mail("a@example.org", &["b@example.org"], MESSAGE);
+    client.expect_code(&r, 250, "end of data");
+    client.quit();
+}
+
+fn v2_header(src: [u8; 4], sport: u16) -> Vec<u8> {
+    let mut h = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
+    h.extend_from_slice(&[0x21, 0x11, 0, 12]);
+    h.extend_from_slice(&src);
+    h.extend_from_slice(&[127, 0, 0, 1]);
+    h.extend_from_slice(&sport.to_be_bytes());
+    h.extend_from_slice(&25u16.to_be_bytes());
+    h
+}
+
+#[test]
+fn proxy_protocol_v1_and_v2_name_the_client_from_a_trusted_proxy() {
+    let up = upstream();
+    let p = proxy(
+        &up,
+        "proxy_protocol = true\ntrusted_proxies = [\"127.0.0.1/32\"]",
+    );
+    let mut c = SmtpClient::connect(p.addr());
+    c.send(b"PROXY TCP4 192.0.2.7 127.0.0.1 56324 25\r\n");
+    let greeting = c.reply();
+    c.expect_code(&greeting, 220, "greeting after a v1 header");
+    send_one(&mut c);
+
+    let mut c = SmtpClient::connect(p.addr());
+    c.send(&v2_header([198, 51, 100, 9], 4000));
+    let greeting = c.reply();
+    c.expect_code(&greeting, 220, "greeting after a v2 header");
+    send_one(&mut c);
+
+    assert_eq!(xclient_addrs(&up), vec!["192.0.2.7", "198.51.100.9"]);
+    assert_eq!(up.messages().len(), 2);
+}
+
+#[test]
+fn a_trusted_proxy_without_a_valid_header_is_disconnected_unanswered() {
+    let up = upstream();
+    let p = proxy(
+        &up,
+        "proxy_protocol = true\ntrusted_proxies = [\"127.0.0.1/32\"]",
+    );
+    let mut c = SmtpClient::connect(p.addr());
+    c.send(b"EHLO client.example.org\r\n");
+    c.expect_closed("plain SMTP where a PROXY header was due");
+    let mut c = SmtpClient::connect(p.addr());
+    c.send(b"PROXY TCP4 192.0.2.300 127.0.0.1 1 25\r\n");
+    c.expect_closed("a malformed v1 header");
+    assert!(up.messages().is_empty());
+    let log = p.wait_for_log("PROXY protocol header refused");
+    assert!(log.contains("PROXY protocol header refused"), "{log}");
+}
+
+#[test]
+fn other_peers_are_ordinary_clients_and_their_headers_are_not_believed() {
+    let up = upstream();
+    let p = proxy(
+        &up,
+        "proxy_protocol = true\ntrusted_proxies = [\"127.0.0.1/32\"]",
+    );
+    let source: IpAddr = "127.0.0.2".parse().expect("ip");
+    let mut c = SmtpClient::connect_from(source, p.addr());
+    let greeting = c.reply();
+    c.expect_code(
+        &greeting,
+        220,
+        "greeting to an untrusted peer, no header wanted",
+    );
+    // A PROXY line from an untrusted peer is just an unknown command.
+    let r = c.cmd("PROXY TCP4 192.0.2.7 127.0.0.1 56324 25");
+    assert_eq!(r.code, 500, "{r}");
+    send_one(&mut c);
+    assert_eq!(xclient_addrs(&up), vec!["127.0.0.2"]);
+}
+
+#[test]
+fn xclient_from_a_trusted_proxy_replaces_the_client() {
+    let up = upstream();
+    let p = proxy(&up, "trusted_proxies = [\"127.0.0.1\"]");
+    let mut c = SmtpClient::connect_greeted(p.addr());
+    let ehlo = c.cmd("EHLO proxy.example.net");
+    c.expect_code(&ehlo, 250, "EHLO");
+    assert!(ehlo.text().contains("XCLIENT NAME ADDR"), "{ehlo}");
+    let r = c.cmd("XCLIENT NAME=[UNAVAILABLE] ADDR=IPV6:2001:db8::7 PORT=4711 HELO=real.example.org PROTO=ESMTP");
+    c.expect_code(&r, 220, "XCLIENT starts over with a greeting");
+    // The HELO came with XCLIENT: MAIL may follow at once.
+    let r = c.send_mail("a@example.org", &["b@example.org"], MESSAGE);
+    c.expect_code(&r, 250, "end of data");
+    // The named client is not a trusted proxy: no second XCLIENT.
+    let r = c.cmd("XCLIENT ADDR=192.0.2.1");
+    assert_eq!((r.code, r.enhanced()), (550, Some("5.7.0")), "{r}");
+    c.quit();
+    assert_eq!(xclient_addrs(&up), vec!["IPV6:2001:db8::7"]);
+    let helo = up
+        .commands()
+        .iter()
+        .find(|c| c.starts_with("XCLIENT"))
+        .cloned()
+        .unwrap_or_default();
+    assert!(helo.contains("HELO=real.example.org"), "{helo}");
+}
+
+#[test]
+fn xclient_is_refused_to_untrusted_clients_and_inside_a_transaction() {
+    let up = upstream();
+    let p = proxy(&up, "trusted_proxies = [\"127.0.0.1\"]");
+    let source: IpAddr = "127.0.0.2".parse().expect("ip");
+    let mut c = SmtpClient::connect_from(source, p.addr());
+    let _ = c.reply();
+    let ehlo = c.cmd("EHLO client.example.org");
+    assert!(!ehlo.text().contains("XCLIENT"), "{ehlo}");
+    let r = c.cmd("XCLIENT ADDR=192.0.2.7");
+    assert_eq!((r.code, r.enhanced()), (550, Some("5.7.0")), "{r}");
+    send_one(&mut c);
+
+    let mut c = SmtpClient::connect_ehlo(p.addr(), "proxy.example.net");
+    let r = c.cmd("MAIL FROM:<a@example.org>");
+    c.expect_code(&r, 250, "MAIL");
+    let r = c.cmd("XCLIENT ADDR=192.0.2.7");
+    assert_eq!(r.code, 503, "{r}");
+    let r = c.cmd("RSET");
+    c.expect_code(&r, 250, "RSET");
+    let r = c.cmd("XCLIENT ADDR=192.0.2.7 COLOUR=blue");
+    assert_eq!(r.code, 501, "{r}");
+    c.quit();
+    // The second session never used XCLIENT: the proxy's own address goes upstream.
+    assert_eq!(xclient_addrs(&up), vec!["127.0.0.2", "127.0.0.1"]);
+}
+
+#[test]
+fn proxy_protocol_without_trusted_proxies_is_a_config_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("bad.toml");
+    std::fs::write(&path, "[server]\nproxy_protocol = true\n").expect("write");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mailwarden"))
+        .args(["serve", "--config"])
+        .arg(&path)
+        .output()
+        .expect("run mailwarden");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("server.proxy_protocol") && stderr.contains("trusted_proxies"),
+        "{stderr}"
+    );
+}
