@@ -341,6 +341,18 @@ impl RuleSet {
         preset: &[&str],
         deadline: Option<Instant>,
     ) -> Evaluation {
+        self.evaluate_with(message, preset, &[], deadline)
+    }
+
+    /// [`evaluate`](Self::evaluate), with the names of the files inside the message's zip
+    /// archives (found by the attachment policy) for `attachment NAME archive_filename` rules.
+    pub fn evaluate_with(
+        &self,
+        message: &Message,
+        preset: &[&str],
+        archive_names: &[String],
+        deadline: Option<Instant>,
+    ) -> Evaluation {
         let mut values = vec![0.0f64; self.names.len()];
         let mut counts = vec![0u32; self.names.len()];
         let mut hits: Vec<Hit> = Vec::new();
@@ -508,6 +520,21 @@ impl RuleSet {
                     }
                     if *neg { u32::from(n == 0) } else { n }
                 }
+                TestKind::Attachment {
+                    field: AttachField::ArchiveFilename,
+                    m,
+                } => {
+                    let mut n = 0u32;
+                    for name in archive_names {
+                        if m.count(name.as_bytes(), 1, &mut stats) > 0 {
+                            n += 1;
+                            if n >= max {
+                                break;
+                            }
+                        }
+                    }
+                    n
+                }
                 TestKind::Attachment { field, m } => {
                     let mut n = 0u32;
                     for a in message.attachments() {
@@ -521,6 +548,7 @@ impl RuleSet {
                                     || a.sniffed_type
                                         .is_some_and(|t| m.count(t.as_bytes(), 1, &mut stats) > 0)
                             }
+                            AttachField::ArchiveFilename => false,
                         };
                         if matched {
                             n += 1;

@@ -87,6 +87,9 @@ pub enum KeywordTarget {
 pub enum AttachField {
     Filename,
     Type,
+    /// The name of a file inside an attached zip archive (its path in the archive), at any
+    /// depth the attachment policy opens.
+    ArchiveFilename,
 }
 
 #[derive(Debug, Clone)]
@@ -1053,11 +1056,14 @@ impl Cx<'_> {
         let field = match field {
             b"filename" => AttachField::Filename,
             b"type" => AttachField::Type,
+            b"archive_filename" => AttachField::ArchiveFilename,
             _ => {
                 self.error(
                     Some(&name),
                     "syntax",
-                    format!("attachment {name}: expected 'filename =~ /re/' or 'type =~ /re/'"),
+                    format!(
+                        "attachment {name}: expected 'filename =~ /re/', 'type =~ /re/' or 'archive_filename =~ /re/'"
+                    ),
                 );
                 return;
             }
