@@ -53,6 +53,28 @@ impl Postfix {
     /// instance's temporary directory, contents) there, e.g. a TLS certificate and key.
     /// `@DIR@` in `extra_main_cf` stands for that directory.
     pub fn start_with_files(extra_main_cf: &str, files: &[(&str, &[u8])]) -> Postfix {
+        Self::start_custom(extra_main_cf, files, None, "")
+    }
+
+    /// Like [`start_with`](Self::start_with) with the SMTP listener's master.cf entry
+    /// replaced by `listener` (its first line and `-o` lines), where `@PORT@` stands for the
+    /// port this instance picked ([`addr`](Self::addr)), and `extra_master_cf` (more services,
+    /// e.g. a second smtpd) appended after the stock services. For testing documented
+    /// master.cf lines (deploy/postfix/).
+    pub fn start_with_master_cf(
+        extra_main_cf: &str,
+        listener: &str,
+        extra_master_cf: &str,
+    ) -> Postfix {
+        Self::start_custom(extra_main_cf, &[], Some(listener), extra_master_cf)
+    }
+
+    fn start_custom(
+        extra_main_cf: &str,
+        files: &[(&str, &[u8])],
+        listener: Option<&str>,
+        extra_master_cf: &str,
+    ) -> Postfix {
         let postfix_bin = super::find_program("postfix").unwrap_or_else(|| {
             panic!(
                 "the `postfix` program is not installed; these tests need a real Postfix: \
@@ -64,7 +86,13 @@ impl Postfix {
         let mut last_error = String::new();
         // A port picked by the kernel can be taken again before Postfix binds it: retry.
         for _attempt in 0..3 {
-            match Self::try_start(&postfix_bin, extra_main_cf, files) {
+            match Self::try_start(
+                &postfix_bin,
+                extra_main_cf,
+                files,
+                listener,
+                extra_master_cf,
+            ) {
                 Ok(p) => return p,
                 Err(e) => last_error = e,
             }
@@ -76,6 +104,8 @@ impl Postfix {
         postfix_bin: &Path,
         extra_main_cf: &str,
         files: &[(&str, &[u8])],
+        listener: Option<&str>,
+        extra_master_cf: &str,
     ) -> Result<Postfix, String> {
         let dir = tempfile::Builder::new()
             .prefix("mailwarden-postfix-")
@@ -112,8 +142,11 @@ impl Postfix {
         let extra_main_cf = extra_main_cf.replace("@DIR@", &base.display().to_string());
         let main = format!("{}{extra_main_cf}\n", main_cf(&base, uid, gid));
         std::fs::write(conf.join("main.cf"), main).map_err(|e| format!("main.cf: {e}"))?;
-        std::fs::write(conf.join("master.cf"), master_cf(port))
-            .map_err(|e| format!("master.cf: {e}"))?;
+        std::fs::write(
+            conf.join("master.cf"),
+            master_cf(port, listener, extra_master_cf),
+        )
+        .map_err(|e| format!("master.cf: {e}"))?;
 
         // Postfix waits until a config file is a couple of seconds old before it reads
         // it (in case it is still being edited): backdate them to start at once.
@@ -482,10 +515,14 @@ smtpd_authorized_xclient_hosts = 127.0.0.0/8
     cf
 }
 
-fn master_cf(port: u16) -> String {
+fn master_cf(port: u16, listener: Option<&str>, extra: &str) -> String {
     // The stock service list, chroot off, with the SMTP listener on our port.
+    let listener = match listener {
+        Some(entry) => entry.trim_end().replace("@PORT@", &port.to_string()),
+        None => format!("127.0.0.1:{port} inet n - n - - smtpd"),
+    };
     let services = [
-        format!("127.0.0.1:{port} inet n - n - - smtpd"),
+        listener,
         "pickup unix n - n 60 1 pickup".into(),
         "cleanup unix n - n - 0 cleanup".into(),
         "qmgr unix n - n 300 1 qmgr".into(),
@@ -516,6 +553,10 @@ fn master_cf(port: u16) -> String {
     let mut out = String::from("# Private test instance (written by tests/support/postfix.rs)\n");
     for s in services {
         out.push_str(&s);
+        out.push('\n');
+    }
+    out.push_str(extra);
+    if !extra.is_empty() && !extra.ends_with('\n') {
         out.push('\n');
     }
     out
