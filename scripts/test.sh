@@ -28,6 +28,15 @@ have dnsmasq || missing+=(dnsmasq-base)
 # SpamAssassin's stock rules are read at test time (compatibility test), never copied here.
 [ -d /usr/share/spamassassin ] || missing+=(spamassassin)
 getent passwd postfix >/dev/null 2>&1 || missing+=(postfix)
+# ClamAV's clamd for the virus scanning tests (tests/clamav.rs), started per test on a private
+# port with the EICAR-only database in tests/clamav/ (freshclam cannot download here).
+have clamd || missing+=(clamav-daemon)
+# Prometheus' promtool checks /metrics, the scrape config and the alert rules, and a real
+# Prometheus scrapes a running mailwarden (tests/metrics.rs).
+have promtool || missing+=(prometheus)
+have prometheus || missing+=(prometheus)
+# systemd-analyze verifies the shipped unit file (tests/deploy.rs); systemd is not started.
+have systemd-analyze || missing+=(systemd)
 
 if [ "${#missing[@]}" -gt 0 ]; then
     # Deduplicate while keeping order.
@@ -39,9 +48,23 @@ if [ "${#missing[@]}" -gt 0 ]; then
     fi
     # Install Postfix without configuring (or starting) a system mail server.
     echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
+    # freshclam must not run as a daemon (no internet here): updates are off for the tests.
+    echo "clamav-freshclam clamav-freshclam/autoupdate_freshclam select manual" | debconf-set-selections
     export DEBIAN_FRONTEND=noninteractive
-    apt-get update
-    apt-get install -y "${missing[@]}"
+    # No package may start a service (clamd, freshclam, postfix): there is no init system in
+    # CI, and the tests start their own private instances. policy-rc.d exit 101 = "action
+    # forbidden" to invoke-rc.d (init-system-helpers README.policy-rc.d); removed again only if
+    # we created it.
+    created_policy=0
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+        printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
+        chmod 755 /usr/sbin/policy-rc.d
+        created_policy=1
+    fi
+    install_status=0
+    { apt-get update && apt-get install -y "${missing[@]}"; } || install_status=$?
+    [ "$created_policy" = 1 ] && rm -f /usr/sbin/policy-rc.d
+    [ "$install_status" = 0 ] || exit "$install_status"
 fi
 
 for tool in fmt clippy; do

@@ -3,11 +3,13 @@
 //! A message's path through the tree, in the order it flows on the wire:
 //! `server` (listeners, limits, shutdown) → `smtp` (the session with the client) →
 //! `filter` (the verdict) → `relay` (the upstream MTA, or the embedded Maildir).
+//! `metrics` watches all of them.
 
 pub mod cli;
 pub mod config;
 pub mod envelope;
 pub mod filter;
+pub mod metrics;
 pub mod relay;
 pub mod server;
 pub mod smtp;

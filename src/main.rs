@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use mailwarden::cli;
-use mailwarden::config::Config;
+use mailwarden::config::{Config, LogFormat};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
@@ -82,7 +82,7 @@ fn serve(path: &std::path::Path) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    init_logging(&config.log.level);
+    init_logging_as(&config.log.level, config.log.format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -103,12 +103,21 @@ fn serve(path: &std::path::Path) -> ExitCode {
 }
 
 fn init_logging(level: &str) {
+    init_logging_as(level, LogFormat::Human);
+}
+
+/// Logs go to stderr (journald / docker logs pick them up): readable lines, or one JSON
+/// object per line (`[log] format = "json"`) for log shippers.
+fn init_logging_as(level: &str, format: LogFormat) {
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_ansi(false)
-        .init();
+        .with_ansi(false);
+    match format {
+        LogFormat::Human => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
 }

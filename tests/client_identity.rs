@@ -191,3 +191,32 @@ fn proxy_protocol_without_trusted_proxies_is_a_config_error() {
         "{stderr}"
     );
 }
+
+#[test]
+fn xforward_from_a_trusted_proxy_names_the_client_of_the_next_transaction_only() {
+    let up = upstream();
+    let p = proxy(&up, "trusted_proxies = [\"127.0.0.1\"]");
+    let mut c = SmtpClient::connect_greeted(p.addr());
+    let ehlo = c.cmd("EHLO postfix.example.net");
+    assert!(ehlo.text().contains("XFORWARD NAME ADDR"), "{ehlo}");
+    // Postfix's smtpd_proxy_filter sends two XFORWARD commands before MAIL.
+    let r = c.cmd("XFORWARD NAME=client.example.org ADDR=192.0.2.9 PORT=4000 PROTO=ESMTP");
+    c.expect_code(&r, 250, "XFORWARD");
+    let r = c.cmd("XFORWARD HELO=client.example.org IDENT=123 SOURCE=REMOTE");
+    c.expect_code(&r, 250, "XFORWARD");
+    let r = c.send_mail("a@example.org", &["b@example.org"], MESSAGE);
+    c.expect_code(&r, 250, "end of data");
+    let r = c.send_mail("a@example.org", &["b@example.org"], MESSAGE);
+    c.expect_code(&r, 250, "end of data, second transaction");
+    c.quit();
+    assert_eq!(xclient_addrs(&up), vec!["192.0.2.9", "127.0.0.1"]);
+
+    let source: IpAddr = "127.0.0.2".parse().expect("ip");
+    let mut c = SmtpClient::connect_from(source, p.addr());
+    let _ = c.reply();
+    let ehlo = c.cmd("EHLO client.example.org");
+    assert!(!ehlo.text().contains("XFORWARD"), "{ehlo}");
+    let r = c.cmd("XFORWARD ADDR=192.0.2.9");
+    assert_eq!((r.code, r.enhanced()), (550, Some("5.7.0")), "{r}");
+    c.quit();
+}

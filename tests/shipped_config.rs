@@ -36,19 +36,32 @@ fn readme_first_command_with_shipped_config_delivers_to_maildir() {
         "the shipped config should listen on {SHIPPED_LISTEN} exactly once:\n{shipped}"
     );
 
+    const SHIPPED_METRICS: &str = "listen = \"127.0.0.1:9464\"";
+    assert_eq!(
+        shipped.matches(SHIPPED_METRICS).count(),
+        1,
+        "the shipped config should serve metrics on 127.0.0.1:9464:\n{shipped}"
+    );
+
     // A port picked by the kernel can be taken again before the proxy binds it: retry.
     let mut attempts = Vec::new();
     let (proxy, port) = loop {
         let port = support::unused_port();
-        let config = shipped.replace(SHIPPED_LISTEN, &format!("127.0.0.1:{port}"));
+        let metrics_port = support::unused_port();
+        let config = shipped
+            .replace(SHIPPED_LISTEN, &format!("127.0.0.1:{port}"))
+            .replace(
+                SHIPPED_METRICS,
+                &format!("listen = \"127.0.0.1:{metrics_port}\""),
+            );
         let changed: Vec<(&str, &str)> = shipped
             .lines()
             .zip(config.lines())
             .filter(|(a, b)| a != b)
             .collect();
         assert!(
-            changed.len() == 1 && shipped.lines().count() == config.lines().count(),
-            "only the listen line may change: {changed:?}"
+            changed.len() == 2 && shipped.lines().count() == config.lines().count(),
+            "only the two listen lines may change: {changed:?}"
         );
         match Proxy::try_start_in_working_dir(&config) {
             Ok(proxy) => break (proxy, port),
@@ -99,4 +112,16 @@ fn readme_first_command_with_shipped_config_delivers_to_maildir() {
     );
     assert!(stored.contains("\nTo: u@example.org\n"), "{stored}");
     assert!(stored.contains(&format!("\n\n{body}\n")), "{stored}");
+
+    // The monitoring endpoint of the shipped config.
+    let (status, metrics) = proxy.http_get("/metrics");
+    assert_eq!(status, 200, "{metrics}");
+    assert!(
+        metrics.contains("mailwarden_messages_total{action=\"accept\"} 1"),
+        "{metrics}"
+    );
+    assert_eq!(proxy.http_get("/healthz").0, 200);
+    let (status, ready) = proxy.http_get("/readyz");
+    assert_eq!(status, 200, "{ready}");
+    assert!(ready.contains("upstream: ok (Maildir delivery"), "{ready}");
 }

@@ -7,12 +7,13 @@
 use std::io::Read;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::json;
 
 use crate::config::Action;
 use crate::filter::auth::{AuthInput, AuthResults};
+use crate::filter::clamav::Outcome;
 use crate::filter::message::Message;
 use crate::filter::{Filter, Scan, ScanContext, uribl};
 
@@ -119,6 +120,15 @@ pub fn run(opts: &ScanOptions) -> u8 {
         };
         ctx.add_list_hits(&dnsbl_hits);
         // The URI block lists, on the message's links (the scan reuses the parse).
+        // clamd, when [clamav] is enabled, on the message as given (as the proxy relays it).
+        let av = filter.clamav().map(|scanner| {
+            let started = Instant::now();
+            let outcome = runtime.block_on(scanner.scan(&raw));
+            (outcome, started.elapsed())
+        });
+        if let Some(name) = av.as_ref().and_then(|(o, _)| o.symbol()) {
+            ctx.preset.push(name.to_string());
+        }
         let message = Message::parse(raw);
         let uribl_hits = match filter.uribl() {
             Some(u) => runtime.block_on(u.check(&uribl::domains(message.uris()))),
@@ -129,6 +139,7 @@ pub fn run(opts: &ScanOptions) -> u8 {
         if let Some(a) = &auth {
             filter.apply_auth_policy(&mut scan, a, opts.ip);
         }
+        filter.apply_clamav_policy(&mut scan, av.as_ref().map(|(o, _)| o));
         let name = file.display().to_string();
         if opts.json {
             let mut value = to_json(&name, &scan);
@@ -144,10 +155,12 @@ pub fn run(opts: &ScanOptions) -> u8 {
                     let hits: Vec<_> = uribl_hits.iter().map(|h| h.to_uribl_json()).collect();
                     obj.insert("uribl".into(), hits.into());
                 }
+                insert_av(obj, av.as_ref());
             }
             println!("{value}");
         } else {
             print_human(&name, &scan, opts.explain, auth.as_ref());
+            print_av(av.as_ref(), opts.explain);
         }
         code = code.max(exit_code(scan.decision.action));
     }
@@ -185,6 +198,48 @@ pub fn to_json(file: &str, scan: &Scan) -> serde_json::Value {
         "elapsed_ms": (scan.elapsed.as_secs_f64() * 1000.0 * 100.0).round() / 100.0,
         "symbols": scan.symbols_json(),
     })
+}
+
+/// `"virus"`: the signature name or null; `"av"`: clean, found, failed, skipped or disabled
+/// (`[clamav] enabled = false`); `"av_elapsed_ms"` when clamd was asked.
+fn insert_av(
+    obj: &mut serde_json::Map<String, serde_json::Value>,
+    av: Option<&(Outcome, Duration)>,
+) {
+    let virus = av.and_then(|(o, _)| o.virus());
+    obj.insert("virus".into(), virus.into());
+    let status = av.map_or("disabled", |(o, _)| o.status());
+    obj.insert("av".into(), status.into());
+    if let Some((outcome, elapsed)) = av {
+        obj.insert("av_elapsed_ms".into(), json!(ms(*elapsed)));
+        if let Outcome::Failed(failure) = outcome {
+            obj.insert("av_error".into(), failure.reason.as_str().into());
+        }
+    }
+}
+
+fn print_av(av: Option<&(Outcome, Duration)>, explain: bool) {
+    let Some((outcome, elapsed)) = av else {
+        if explain {
+            println!("  virus scan: disabled ([clamav] enabled = false)");
+        }
+        return;
+    };
+    let what = match outcome {
+        Outcome::Clean => "clean".to_string(),
+        Outcome::Virus(name) => format!("virus={name}"),
+        Outcome::Skipped(size) => format!("skipped ({size} bytes > clamav.max_size)"),
+        Outcome::Failed(reason) => format!("failed: {reason}"),
+    };
+    if explain {
+        println!("  virus scan: {what} in {:.1} ms", ms(*elapsed));
+    } else if !matches!(outcome, Outcome::Clean) {
+        println!("  {what}");
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1000.0 * 100.0).round() / 100.0
 }
 
 fn print_human(file: &str, scan: &Scan, explain: bool, auth: Option<&AuthResults>) {

@@ -10,11 +10,15 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+mod attachments;
 mod auth;
 mod blocklist;
+mod clamav;
 mod filter;
+pub use attachments::AttachmentsConfig;
 pub use auth::{AuthConfig, DnsConfig};
 pub use blocklist::{BlockListConfig, default_blocked_codes};
+pub use clamav::{ClamavConfig, ClamdAddress, OnError, OnVirus};
 /// A `[[dnsbl]]` table.
 pub type DnsblConfig = BlockListConfig;
 /// A `[[uribl]]` table (the same keys as `[[dnsbl]]`).
@@ -34,6 +38,9 @@ pub struct Config {
     pub tls: Option<TlsConfig>,
     #[serde(default)]
     pub log: LogConfig,
+    /// `[metrics]`: the Prometheus/health endpoint.
+    #[serde(default)]
+    pub metrics: MetricsConfig,
     #[serde(default)]
     pub rules: RulesConfig,
     #[serde(default)]
@@ -49,6 +56,12 @@ pub struct Config {
     /// (none by default).
     #[serde(default)]
     pub uribl: Vec<UriblConfig>,
+    /// `[clamav]`: virus scanning with clamd (off by default).
+    #[serde(default)]
+    pub clamav: ClamavConfig,
+    /// `[attachments]`: the attachment policy (blocked extensions, zip archives).
+    #[serde(default)]
+    pub attachments: AttachmentsConfig,
 }
 
 /// `[server]`: the inbound SMTP listener and its limits.
@@ -86,6 +99,9 @@ pub struct ServerConfig {
     /// (when `proxy_protocol = true`) and by the XCLIENT command (Postfix's protocol, as
     /// `smtpd_authorized_xclient_hosts`). CIDRs or addresses; empty by default (nobody).
     pub trusted_proxies: Vec<String>,
+    /// How long sessions in a transaction may take to finish after SIGTERM/SIGINT before
+    /// they get `421` and are closed: seconds (`30`) or a duration (`"30s"`, `"500ms"`).
+    pub shutdown_grace: Interval,
 }
 
 impl Default for ServerConfig {
@@ -104,6 +120,7 @@ impl Default for ServerConfig {
             bare_newline: BareNewline::Reject,
             proxy_protocol: false,
             trusted_proxies: Vec::new(),
+            shutdown_grace: Interval(std::time::Duration::from_secs(30)),
         }
     }
 }
@@ -220,12 +237,93 @@ pub struct TlsConfig {
 pub struct LogConfig {
     /// tracing filter, e.g. `info` or `mailwarden=debug`; `RUST_LOG` overrides it.
     pub level: String,
+    /// `"human"` (one readable line per event) or `"json"` (one JSON object per line, for
+    /// log shippers).
+    pub format: LogFormat,
+}
+
+/// The log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Human,
+    Json,
+}
+
+/// `[metrics]`: where `/metrics`, `/healthz` and `/readyz` are served.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// `host:port`; `""` turns the endpoint off. Loopback by default: the metrics say a lot
+    /// about the mail flow, so expose them further only on purpose.
+    pub listen: String,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            listen: "127.0.0.1:9464".into(),
+        }
+    }
+}
+
+impl MetricsConfig {
+    /// The address to serve on; `None` when the endpoint is off.
+    pub fn address(&self) -> Result<Option<SocketAddr>, String> {
+        let listen = self.listen.trim();
+        if listen.is_empty() {
+            return Ok(None);
+        }
+        listen.parse().map(Some).map_err(|_| {
+            format!("{listen:?} is not host:port (e.g. \"127.0.0.1:9464\", or \"\" for off)")
+        })
+    }
+}
+
+/// A duration in the config: whole seconds (`30`) or a string with a unit (`"30s"`,
+/// `"500ms"`, `"2m"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Interval(pub std::time::Duration);
+
+impl<'de> Deserialize<'de> for Interval {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Secs(u64),
+            Text(String),
+        }
+        let parsed = match Raw::deserialize(d)? {
+            Raw::Secs(s) => Some(std::time::Duration::from_secs(s)),
+            Raw::Text(t) => parse_duration(&t),
+        };
+        parsed.map(Interval).ok_or_else(|| {
+            serde::de::Error::custom(
+                "expected seconds (30) or a duration with a unit (\"30s\", \"500ms\", \"2m\")",
+            )
+        })
+    }
+}
+
+fn parse_duration(text: &str) -> Option<std::time::Duration> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit())?;
+    let (number, unit) = t.split_at(split);
+    let n: u64 = number.parse().ok()?;
+    match unit.trim() {
+        "ms" => Some(std::time::Duration::from_millis(n)),
+        "s" => Some(std::time::Duration::from_secs(n)),
+        "m" | "min" => Some(std::time::Duration::from_secs(n.checked_mul(60)?)),
+        _ => None,
+    }
 }
 
 impl Default for LogConfig {
     fn default() -> Self {
         LogConfig {
             level: "info".to_string(),
+            format: LogFormat::Human,
         }
     }
 }
@@ -325,6 +423,9 @@ impl Config {
         if s.command_timeout_secs == 0 || s.data_timeout_secs == 0 {
             return err("server.*_timeout_secs", "must be at least 1 second".into());
         }
+        if let Err(e) = self.metrics.address() {
+            return err("metrics.listen", e);
+        }
         match s.trusted_proxy_nets() {
             Err(e) => return err("server.trusted_proxies", e),
             Ok(nets) if s.proxy_protocol && nets.is_empty() => {
@@ -350,7 +451,10 @@ impl Config {
         self.upstream_target()
             .map_err(|e| ConfigError(format!("{origin}: {e}")))?;
         self.validate_policy(origin)?;
-        self.validate_auth(origin)
+        self.validate_auth(origin)?;
+        self.clamav
+            .validate()
+            .map_err(|e| ConfigError(format!("{origin}: {e}")))
     }
 
     fn validate_auth(&self, origin: &str) -> Result<(), ConfigError> {

@@ -142,6 +142,10 @@ impl List {
     fn outcome(&self, item: &str, codes: &[Ipv4Addr]) -> Option<ListHit> {
         if let Some(code) = codes.iter().find(|c| self.config.is_blocked(**c)) {
             self.blocked.fetch_add(1, Ordering::Relaxed);
+            crate::metrics::metrics()
+                .blocklist_refused
+                .with_label_values(&[&self.zone])
+                .inc();
             if !self.warned.swap(true, Ordering::Relaxed) {
                 tracing::warn!(
                     zone = %self.zone,

@@ -7,14 +7,19 @@
 //! A scan: allow/deny lists → parse the message once → rules (off the async reactor, within a
 //! time budget) → score → policy → action and header edits. The rule set and policy live in
 //! one `Engine` that reloads swap atomically; a scan keeps the engine it started with.
+//! The clamd virus scan (`clamav`) runs alongside the sender checks and block lists; its
+//! outcome is applied last, so a virus overrides the score and the allow list.
 
+pub mod attachments;
 pub mod auth;
 pub mod blocklist;
+pub mod clamav;
 pub mod dnsbl;
 pub mod headers;
 pub mod message;
 pub mod policy;
 pub mod quarantine;
+pub mod record;
 pub mod reload;
 pub mod rules;
 pub mod uribl;
@@ -29,7 +34,9 @@ use arc_swap::ArcSwap;
 use serde_json::json;
 use tokio::sync::Semaphore;
 
-use crate::config::{Action as PolicyAction, AuthConfig, Config, PolicyConfig, RulesConfig};
+use crate::config::{
+    Action as PolicyAction, AttachmentsConfig, AuthConfig, Config, PolicyConfig, RulesConfig,
+};
 use crate::envelope::Envelope;
 use crate::smtp::reply::Reply;
 use auth::{AuthInput, AuthResults, Authenticator};
@@ -64,6 +71,8 @@ pub struct Verdict {
     pub edits: HeaderEdits,
     /// For the log line: action, score and the rules that hit.
     pub summary: String,
+    /// What the filter found, for the per-message log line and the metrics.
+    pub findings: record::Findings,
 }
 
 impl Verdict {
@@ -72,6 +81,10 @@ impl Verdict {
             action: Action::Accept,
             edits: HeaderEdits::default(),
             summary: "action=accept".to_string(),
+            findings: record::Findings {
+                action: "accept",
+                ..record::Findings::default()
+            },
         }
     }
 }
@@ -152,11 +165,17 @@ pub const SYMBOL_DENYLIST: &str = "MW_DENYLIST";
 pub struct Engine {
     pub rules: RuleSet,
     pub policy: Policy,
+    /// `[attachments]`: what the attachment checks look for (their symbols are preset).
+    pub attachments: AttachmentsConfig,
 }
 
 impl Engine {
     /// Loads rules and lists; errors are file:line lines for the admin.
-    pub fn load(rules: &RulesConfig, policy: &PolicyConfig) -> Result<Engine, Vec<String>> {
+    pub fn load(
+        rules: &RulesConfig,
+        policy: &PolicyConfig,
+        attachments: &AttachmentsConfig,
+    ) -> Result<Engine, Vec<String>> {
         let options = LoadOptions {
             score_set: rules.score_set,
             ..LoadOptions::default()
@@ -182,7 +201,11 @@ impl Engine {
                 .collect::<Vec<_>>()
         })?;
         let policy = Policy::new(policy.clone()).map_err(|e| vec![e])?;
-        Ok(Engine { rules: set, policy })
+        Ok(Engine {
+            rules: set,
+            policy,
+            attachments: attachments.clone(),
+        })
     }
 
     /// Scans one message. Blocking (CPU-bound): call it off the async reactor.
@@ -224,9 +247,17 @@ impl Engine {
         if !message.problems().is_empty() {
             preset.push(SYMBOL_MIME_MALFORMED);
         }
-        let evaluation = self
-            .rules
-            .evaluate(&message, &preset, Some(started + budget));
+        let found = attachments::analyse(&message, &self.attachments);
+        if !found.details.is_empty() {
+            tracing::debug!(findings = ?found.details, "attachment policy");
+        }
+        preset.extend(found.symbols.iter().copied());
+        let evaluation = self.rules.evaluate_with(
+            &message,
+            &preset,
+            &found.archive_names,
+            Some(started + budget),
+        );
         let mut symbols: Vec<Symbol> = evaluation
             .hits
             .iter()
@@ -280,6 +311,8 @@ pub struct Filter {
     dnsbl: Option<Dnsbl>,
     /// The `[[uribl]]` lists; `None` when there are none.
     uribl: Option<Uribl>,
+    /// The clamd virus scanner; `None` when `[clamav] enabled = false`.
+    clamav: Option<clamav::Scanner>,
     /// Our authserv-id (`server.hostname`).
     hostname: String,
     /// Bounds concurrent scans to the CPU count, so a burst queues instead of thrashing.
@@ -290,7 +323,7 @@ pub struct Filter {
 impl Filter {
     /// Loads the rules and lists named in the config; errors are fatal at start-up.
     pub fn load(config: &Config) -> Result<Filter, Vec<String>> {
-        let engine = Engine::load(&config.rules, &config.policy)?;
+        let engine = Engine::load(&config.rules, &config.policy, &config.attachments)?;
         let status = status_of(&engine.rules);
         let quarantine = (!config.policy.quarantine_dir.is_empty())
             .then(|| Quarantine::new(std::path::Path::new(&config.policy.quarantine_dir)));
@@ -335,6 +368,8 @@ impl Filter {
             }
             _ => None,
         };
+        let clamav =
+            clamav::Scanner::load(&config.clamav, quarantine.is_some()).map_err(|e| vec![e])?;
         Ok(Filter {
             engine: ArcSwap::from_pointee(engine),
             rules_config: config.rules.clone(),
@@ -344,6 +379,7 @@ impl Filter {
             auth_config: config.auth.clone(),
             dnsbl,
             uribl,
+            clamav,
             hostname: config.server.hostname.clone(),
             scan_slots: Semaphore::new(cpus),
             status: Mutex::new(status),
@@ -376,7 +412,12 @@ impl Filter {
     /// Rebuilds the engine from the files and swaps it in; on error the old one keeps
     /// running. Blocking.
     pub fn reload(&self) -> Result<LoadStatus, LoadStatus> {
-        let result = Engine::load(&self.rules_config, &self.policy_config);
+        // `[attachments]` is not reloaded (the config file is read at start-up only).
+        let result = Engine::load(
+            &self.rules_config,
+            &self.policy_config,
+            &self.engine().attachments,
+        );
         let mut status = self.status.lock().unwrap_or_else(|p| p.into_inner());
         match result {
             Ok(engine) => {
@@ -408,8 +449,14 @@ impl Filter {
         self.uribl.as_ref()
     }
 
+    /// The clamd virus scanner, if `[clamav]` is enabled.
+    pub fn clamav(&self) -> Option<&clamav::Scanner> {
+        self.clamav.as_ref()
+    }
+
     /// Scans a message for the proxy and turns the decision into a verdict.
     pub async fn check(&self, envelope: &Envelope, message: &[u8]) -> Verdict {
+        let started = Instant::now();
         // Sender authentication first (async DNS, each stage time-bounded); its results are
         // rule symbols for the scan.
         // The DNS block lists run at the same time, and so do the URI block lists on the
@@ -423,15 +470,15 @@ impl Filter {
                         helo: envelope.client.helo.clone(),
                         mail_from: envelope.mail_from.address.clone(),
                     };
-                    Some(a.check(&input, message).await)
+                    Some(timed(a.check(&input, message)).await)
                 }
                 None => None,
             }
         };
         let dnsbl_fut = async {
             match &self.dnsbl {
-                Some(d) => d.check(client_ip).await,
-                None => Vec::new(),
+                Some(d) => Some(timed(d.check(client_ip)).await),
+                None => None,
             }
         };
         let uribl_fut = async {
@@ -439,23 +486,53 @@ impl Filter {
             match &self.uribl {
                 Some(u) => {
                     let parsed = tokio::task::spawn_blocking(move || {
-                        let parsed = Message::parse(raw);
+                        let (parsed, took) = timed_sync(|| Message::parse(raw));
                         let domains = uribl::domains(parsed.uris());
-                        (parsed, domains)
+                        (parsed, took, domains)
                     })
                     .await;
                     match parsed {
-                        Ok((parsed, domains)) => (Some(parsed), u.check(&domains).await),
+                        Ok((parsed, took, domains)) => {
+                            let (hits, dns) = timed(u.check(&domains)).await;
+                            (Some((parsed, took)), Some((hits, dns)))
+                        }
                         Err(e) => {
                             tracing::warn!(id = %envelope.id, error = %e, "URIBL: link extraction failed; not checked");
-                            (None, Vec::new())
+                            (None, None)
                         }
                     }
                 }
-                None => (Some(Message::parse(raw)), Vec::new()),
+                None => (Some(timed_sync(|| Message::parse(raw))), None),
             }
         };
-        let (auth, dnsbl_hits, (parsed, uribl_hits)) = tokio::join!(auth_fut, dnsbl_fut, uribl_fut);
+        // clamd gets the message as it will be relayed, at the same time.
+        let av_fut = async {
+            match &self.clamav {
+                Some(scanner) => Some(timed(scanner.scan(message)).await),
+                None => None,
+            }
+        };
+        let (auth, dnsbl, (parsed, uribl), av) =
+            tokio::join!(auth_fut, dnsbl_fut, uribl_fut, av_fut);
+        let mut timings = record::Timings {
+            auth: auth.as_ref().map(|(_, t)| *t),
+            dns: match (&dnsbl, &uribl) {
+                (None, None) => None,
+                (a, b) => Some(
+                    a.as_ref()
+                        .map_or(Duration::ZERO, |(_, t)| *t)
+                        .max(b.as_ref().map_or(Duration::ZERO, |(_, t)| *t)),
+                ),
+            },
+            clamav: av.as_ref().map(|(_, t)| *t),
+            parse: parsed.as_ref().map(|(_, t)| *t),
+            ..record::Timings::default()
+        };
+        let auth = auth.map(|(a, _)| a);
+        let dnsbl_hits = dnsbl.map(|(h, _)| h).unwrap_or_default();
+        let uribl_hits = uribl.map(|(h, _)| h).unwrap_or_default();
+        let av = av.map(|(o, _)| o);
+        let parsed = parsed.map(|(p, _)| p);
         let mut ctx = ScanContext {
             ip: Some(envelope.client.addr.ip()),
             helo: envelope.client.helo.clone(),
@@ -472,9 +549,16 @@ impl Filter {
         }
         ctx.add_list_hits(&dnsbl_hits);
         ctx.add_list_hits(&uribl_hits);
+        if let Some(name) = av.as_ref().and_then(clamav::Outcome::symbol) {
+            ctx.preset.push(name.to_string());
+        }
         let engine = self.engine();
         let budget = Duration::from_millis(self.rules_config.scan_timeout_ms);
-        let parsed = parsed.unwrap_or_else(|| Message::parse(message.to_vec()));
+        let parsed = parsed.unwrap_or_else(|| {
+            let (parsed, took) = timed_sync(|| Message::parse(message.to_vec()));
+            timings.parse = Some(took);
+            parsed
+        });
         let _slot = self.scan_slots.acquire().await;
         let scan =
             match tokio::task::spawn_blocking(move || engine.scan_message(parsed, &ctx, budget))
@@ -487,10 +571,38 @@ impl Filter {
                         action: Action::TempFail(crate::smtp::reply::local_error()),
                         edits: HeaderEdits::default(),
                         summary: "action=tempfail scan-failed".into(),
+                        findings: record::Findings {
+                            action: "tempfail",
+                            ..record::Findings::default()
+                        },
                     };
                 }
             };
-        self.verdict(envelope, message, scan, auth.as_ref()).await
+        timings.rules = Some(scan.elapsed);
+        let mut verdict = self
+            .verdict(envelope, message, scan, auth.as_ref(), av.as_ref())
+            .await;
+        timings.total = started.elapsed();
+        verdict.findings.timings = timings;
+        verdict.findings.auth = auth.as_ref().map(record::auth_summary).unwrap_or_default();
+        let av_failure_handling = match (&av, &self.clamav) {
+            (Some(clamav::Outcome::Failed(_)), Some(scanner)) => {
+                Some(match scanner.config().on_error {
+                    crate::config::OnError::Tempfail => "tempfail",
+                    crate::config::OnError::Accept => "accept",
+                })
+            }
+            _ => None,
+        };
+        record::count(
+            &verdict.findings,
+            auth.as_ref(),
+            &dnsbl_hits,
+            &uribl_hits,
+            av.as_ref(),
+            av_failure_handling,
+        );
+        verdict
     }
 
     /// What the sender authentication results demand, stricter than the score's decision
@@ -587,15 +699,50 @@ impl Filter {
         reply
     }
 
+    /// Applies the virus scan's outcome to the scan's decision (`[clamav] on_virus` and
+    /// `on_error`; the allow list does not exempt a virus) and returns what it adds to the
+    /// verdict. Nothing when scanning is off.
+    pub fn apply_clamav_policy(
+        &self,
+        scan: &mut Scan,
+        outcome: Option<&clamav::Outcome>,
+    ) -> clamav::Effect {
+        let (Some(scanner), Some(outcome)) = (&self.clamav, outcome) else {
+            return clamav::Effect::default();
+        };
+        let engine = self.engine();
+        let symbol = |name: &str| Symbol {
+            name: name.to_string(),
+            score: engine.rules.score(name).unwrap_or(0.0),
+            description: engine
+                .rules
+                .description(name)
+                .unwrap_or_default()
+                .to_string(),
+        };
+        scanner.apply(
+            outcome,
+            scan,
+            self.quarantine.is_some(),
+            &self.policy_config.subject_prefix,
+            &symbol,
+        )
+    }
+
     async fn verdict(
         &self,
         envelope: &Envelope,
         message: &[u8],
         mut scan: Scan,
         auth: Option<&AuthResults>,
+        av: Option<&clamav::Outcome>,
     ) -> Verdict {
         let auth_reply = auth
             .and_then(|a| self.apply_auth_policy(&mut scan, a, Some(envelope.client.addr.ip())));
+        // The virus scan last: a virus overrides the score, the allow list and milder policies.
+        let av_outcome = av;
+        let av = self.apply_clamav_policy(&mut scan, av);
+        let reply = av.reply.clone().or(auth_reply);
         let d = &scan.decision;
         let names = scan.hit_names();
         let summary = format!(
@@ -610,7 +757,7 @@ impl Filter {
                 names.join(",")
             },
             if scan.timed_out { " scan-timeout" } else { "" }
-        );
+        ) + &av.summary;
         // What the sender learns: which policy refused, never which rules (unless
         // `reveal_rules`), nor what matched a list.
         let refusal_text = |what: &str| {
@@ -632,17 +779,18 @@ impl Filter {
             }
             text
         };
+        let mut action_word = d.action.as_str();
         let action = match d.action {
             PolicyAction::Accept | PolicyAction::Tag => Action::Accept,
             PolicyAction::Reject => {
                 if let Err(e) = self.quarantine_copy(envelope, message, &scan).await {
                     tracing::warn!(id = %envelope.id, error = %e, "could not keep a copy of the rejected message");
                 }
-                Action::Reject(auth_reply.clone().unwrap_or_else(|| {
+                Action::Reject(reply.clone().unwrap_or_else(|| {
                     Reply::new(550, "5.7.1", refusal_text("Message rejected as spam"))
                 }))
             }
-            PolicyAction::Tempfail => Action::TempFail(auth_reply.clone().unwrap_or_else(|| {
+            PolicyAction::Tempfail => Action::TempFail(reply.clone().unwrap_or_else(|| {
                 Reply::new(
                     451,
                     "4.7.1",
@@ -654,6 +802,7 @@ impl Filter {
                     Ok(true) => Action::Drop(crate::smtp::reply::accepted(&envelope.id)),
                     Ok(false) | Err(_) => {
                         tracing::error!(id = %envelope.id, "quarantine unavailable; message deferred");
+                        action_word = "tempfail";
                         Action::TempFail(crate::smtp::reply::local_error())
                     }
                 }
@@ -662,16 +811,38 @@ impl Filter {
         };
         let mut add = auth.map(|a| a.headers.clone()).unwrap_or_default();
         add.extend(headers::spam_headers(d, &names));
+        add.extend(av.headers.iter().cloned());
+        // Incoming X-Virus-* copies go when we scan (a sender must not forge a clean result).
+        let av_headers: &[&str] = if self.clamav.is_some() {
+            &clamav::AV_HEADERS
+        } else {
+            &[]
+        };
         let edits = HeaderEdits {
-            remove: SPAM_HEADERS.iter().map(|s| s.to_string()).collect(),
+            remove: SPAM_HEADERS
+                .iter()
+                .chain(av_headers)
+                .map(|s| s.to_string())
+                .collect(),
             add,
             subject_prefix: d.subject_prefix.clone(),
             remove_auth_results_for: self.auth.as_ref().map(|_| self.hostname.clone()),
+        };
+        let findings = record::Findings {
+            action: action_word,
+            score: scan.score,
+            rules: names.iter().map(|n| n.to_string()).collect(),
+            virus: av_outcome
+                .and_then(clamav::Outcome::virus)
+                .map(str::to_string),
+            av: av_outcome.map(clamav::Outcome::metric_result),
+            ..record::Findings::default()
         };
         Verdict {
             action,
             edits,
             summary,
+            findings,
         }
     }
 
@@ -697,6 +868,20 @@ impl Filter {
     }
 }
 
+/// Runs `f` and measures it.
+async fn timed<T>(f: impl std::future::Future<Output = T>) -> (T, Duration) {
+    let started = Instant::now();
+    let out = f.await;
+    (out, started.elapsed())
+}
+
+/// Runs `f` and measures it (blocking work).
+fn timed_sync<T>(f: impl FnOnce() -> T) -> (T, Duration) {
+    let started = Instant::now();
+    let out = f();
+    (out, started.elapsed())
+}
+
 fn status_of(rules: &RuleSet) -> LoadStatus {
     let report: &LoadReport = rules.report();
     LoadStatus {
@@ -719,7 +904,11 @@ mod tests {
             paths: vec![dir.path().to_path_buf()],
             ..RulesConfig::default()
         };
-        Engine::load(&rules, &PolicyConfig::default())
+        Engine::load(
+            &rules,
+            &PolicyConfig::default(),
+            &AttachmentsConfig::default(),
+        )
     }
 
     #[test]

@@ -52,13 +52,19 @@ pub fn spawn(filter: Arc<Filter>, watch_files: bool) {
             }
             let f = filter.clone();
             match tokio::task::spawn_blocking(move || f.reload()).await {
-                Ok(Ok(status)) => tracing::info!(
-                    cause,
-                    rules = status.rules,
-                    skipped = status.skipped,
-                    "rules reloaded"
-                ),
+                Ok(Ok(status)) => {
+                    let m = crate::metrics::metrics();
+                    m.rules_status(&status);
+                    m.set_rules(filter.engine().rules.rule_names());
+                    tracing::info!(
+                        cause,
+                        rules = status.rules,
+                        skipped = status.skipped,
+                        "rules reloaded"
+                    )
+                }
                 Ok(Err(status)) => {
+                    crate::metrics::metrics().rules_status(&status);
                     for e in &status.errors {
                         tracing::error!(cause, "{e}");
                     }

@@ -18,6 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::envelope::{ClientInfo, Envelope};
+use crate::metrics::{metrics, reply_class};
 use crate::smtp::command::{MailFrom, RcptTo};
 use crate::smtp::reply::{self, Reply};
 use maildir::Maildir;
@@ -90,6 +91,9 @@ pub struct RelaySession {
     relay: Arc<Relay>,
     conn: Option<UpstreamConnection>,
     transaction_open: bool,
+    /// Set when the last delivery failed for lack of an answer (connection lost, disk error)
+    /// rather than by a reply: for `mailwarden_upstream_transactions_total{result="error"}`.
+    lost: bool,
 }
 
 impl RelaySession {
@@ -98,6 +102,7 @@ impl RelaySession {
             relay,
             conn: None,
             transaction_open: false,
+            lost: false,
         }
     }
 
@@ -125,7 +130,10 @@ impl RelaySession {
                 Some(conn) => (conn, true),
                 None => match UpstreamConnection::open(smtp.settings.clone(), client).await {
                     Ok(conn) => (conn, false),
-                    Err(e) => return refusal_reply(&smtp.settings.address, e),
+                    Err(e) => {
+                        metrics().upstream_connect_errors.inc();
+                        return refusal_reply(&smtp.settings.address, e);
+                    }
                 },
             };
             let result = match conn.introduce_if_needed(client).await {
@@ -137,6 +145,7 @@ impl RelaySession {
                     tracing::debug!(reply = %r, "reused upstream connection was closing; trying another");
                 }
                 Ok(r) => {
+                    count_reply("mail", &r);
                     self.conn = Some(conn);
                     let r = self.absorb_421(r);
                     self.transaction_open = r.is_positive();
@@ -164,14 +173,33 @@ impl RelaySession {
             return reply::upstream_lost();
         };
         match conn.command(&rcpt.to_line(), "RCPT").await {
-            Ok(r) => self.absorb_421(r),
+            Ok(r) => {
+                count_reply("rcpt", &r);
+                self.absorb_421(r)
+            }
             Err(e) => self.lose(e, "RCPT"),
         }
     }
 
     /// Delivers the message (filter headers already prepended). Ends the transaction.
     pub async fn data(&mut self, envelope: &Envelope, message: Vec<u8>) -> Reply {
+        let started = Instant::now();
+        let r = self.deliver(envelope, message).await;
+        let m = metrics();
+        m.upstream_duration.observe(started.elapsed().as_secs_f64());
+        let result = match r.code() / 100 {
+            2 => "accepted",
+            4 if self.lost => "error",
+            4 => "tempfail",
+            _ => "rejected",
+        };
+        m.upstream_transactions.with_label_values(&[result]).inc();
+        r
+    }
+
+    async fn deliver(&mut self, envelope: &Envelope, message: Vec<u8>) -> Reply {
         self.transaction_open = false;
+        self.lost = false;
         match &*self.relay {
             Relay::Maildir(_) => {
                 let relay = self.relay.clone();
@@ -188,20 +216,26 @@ impl RelaySession {
                     }
                     Ok(Err(e)) => {
                         tracing::error!(id = %envelope.id, error = %e, "maildir delivery failed; client told to retry");
+                        self.lost = true;
                         reply::local_error()
                     }
                     Err(e) => {
                         tracing::error!(id = %envelope.id, error = %e, "maildir delivery task failed");
+                        self.lost = true;
                         reply::local_error()
                     }
                 }
             }
             Relay::Smtp(_) => {
                 let Some(conn) = self.conn.as_mut() else {
+                    self.lost = true;
                     return reply::upstream_lost();
                 };
                 match conn.send_message(&message).await {
-                    Ok(r) => self.absorb_421(r),
+                    Ok(r) => {
+                        count_reply("data", &r);
+                        self.absorb_421(r)
+                    }
                     Err(e) => {
                         tracing::warn!(
                             id = %envelope.id,
@@ -244,6 +278,7 @@ impl RelaySession {
 
     fn lose(&mut self, e: UpstreamError, stage: &str) -> Reply {
         tracing::warn!(error = %e, stage, "upstream connection lost");
+        self.lost = true;
         self.conn = None;
         self.transaction_open = false;
         reply::upstream_lost()
@@ -258,6 +293,14 @@ impl RelaySession {
         self.transaction_open = false;
         Reply::from_lines(451, r.lines().to_vec())
     }
+}
+
+/// Counts an upstream reply by stage and class.
+fn count_reply(stage: &str, r: &Reply) {
+    metrics()
+        .upstream_replies
+        .with_label_values(&[stage, reply_class(r.code())])
+        .inc();
 }
 
 /// The client's reply when no upstream session could be set up.

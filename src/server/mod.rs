@@ -5,7 +5,9 @@
 //! stop, idle sessions get `421 4.3.2`, sessions inside a transaction may finish it (up to the
 //! grace period), then the process exits. Nothing is ever acknowledged that was not relayed.
 
+pub mod health;
 pub mod proxy_protocol;
+pub mod shutdown;
 pub mod tls;
 
 use std::collections::HashMap;
@@ -16,7 +18,6 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::{Config, UpstreamTarget};
@@ -28,8 +29,9 @@ use crate::relay::{Relay, SmtpRelay};
 use crate::smtp::reply;
 use crate::smtp::session::Session;
 
-/// How long sessions in a transaction may take to finish after a shutdown signal.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+/// After the grace period, how long sessions may take to send their 421 or finish an
+/// upstream exchange already under way.
+const STOP_WAIT: Duration = Duration::from_secs(15);
 
 /// Everything a session needs, built once at start-up and shared.
 pub struct Services {
@@ -174,7 +176,24 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         skipped = status.skipped,
         "rules loaded"
     );
+    crate::metrics::metrics().rules_status(&status);
+    crate::metrics::metrics().set_rules(services.filter.engine().rules.rule_names());
     crate::filter::reload::spawn(services.filter.clone(), services.config.rules.watch);
+    if let Some(addr) = services
+        .config
+        .metrics
+        .address()
+        .map_err(|e| anyhow::anyhow!("metrics.listen: {e}"))?
+    {
+        let listener = bind(addr).with_context(|| {
+            format!("metrics.listen: cannot listen on {addr} (another exporter on that port? choose another address, or \"\" to turn the endpoint off)")
+        })?;
+        let bound = listener.local_addr().context("metrics listener address")?;
+        tracing::info!("metrics endpoint on {bound} (/metrics, /healthz, /readyz)");
+        tokio::spawn(crate::metrics::http::serve(listener, services.clone()));
+    } else {
+        tracing::info!("metrics endpoint off ([metrics] listen = \"\")");
+    }
     if let Relay::Smtp(smtp) = &*services.relay {
         tokio::spawn(probe_upstream(smtp.settings.clone()));
     }
@@ -183,7 +202,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         max_per_ip: server.max_sessions_per_ip,
         state: Mutex::new((0, HashMap::new())),
     });
-    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let (trigger, shutdown_rx) = shutdown::channel();
     let mut accept_tasks = Vec::new();
     for listener in listeners {
         let services = services.clone();
@@ -193,25 +212,38 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
             listener, services, limits, shutdown,
         )));
     }
-    wait_for_signal().await;
+    shutdown::signal().await;
+    let grace = services.config.server.shutdown_grace.0;
     tracing::info!(
         active = limits.active(),
+        grace = ?grace,
         "shutting down: no new connections, finishing transactions in progress"
     );
-    let _ = shutdown_tx.send(true);
+    trigger.drain();
     for task in accept_tasks {
         task.abort();
     }
-    let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
-    while limits.active() > 0 && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let left = limits.active();
+    let wait_for_sessions = |limit: Duration| {
+        let limits = limits.clone();
+        async move {
+            let deadline = tokio::time::Instant::now() + limit;
+            while limits.active() > 0 && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            limits.active()
+        }
+    };
+    let left = wait_for_sessions(grace).await;
     if left > 0 {
         tracing::warn!(
             sessions = left,
-            "grace period over; closing sessions still open (none was acknowledged)"
+            "grace period over; telling the clients still connected 421 (nothing unacknowledged is lost: they retry)"
         );
+        trigger.stop();
+        let left = wait_for_sessions(STOP_WAIT).await;
+        if left > 0 {
+            tracing::warn!(sessions = left, "closing sessions that did not finish");
+        }
     }
     tracing::info!("stopped");
     Ok(())
@@ -251,36 +283,11 @@ fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::from_std(socket.into())
 }
 
-async fn wait_for_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-        ) {
-            (Ok(mut term), Ok(mut int)) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = int.recv() => {}
-                }
-            }
-            _ => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
-}
-
 async fn accept_loop(
     listener: TcpListener,
     services: Arc<Services>,
     limits: Arc<Limits>,
-    shutdown: watch::Receiver<bool>,
+    shutdown: shutdown::Shutdown,
 ) {
     loop {
         let (stream, peer) = match listener.accept().await {
@@ -295,15 +302,25 @@ async fn accept_loop(
         let _ = stream.set_nodelay(true);
         let services = services.clone();
         let per_ip_limit = !services.is_trusted_proxy(peer.ip());
+        let m = crate::metrics::metrics();
         match limits.acquire(peer.ip(), per_ip_limit) {
             Ok(slot) => {
                 let shutdown = shutdown.clone();
+                m.connections_accepted.inc();
+                m.sessions_active.inc();
                 tokio::spawn(async move {
                     run_session(stream, peer, services, shutdown).await;
+                    crate::metrics::metrics().sessions_active.dec();
                     drop(slot);
                 });
             }
             Err(which) => {
+                let reason = if which == "per-ip" {
+                    "max_sessions_per_ip"
+                } else {
+                    "max_sessions"
+                };
+                m.connections_refused.with_label_values(&[reason]).inc();
                 tracing::warn!(client = %peer, limit = which, "session limit reached; refusing connection");
                 tokio::spawn(refuse(stream, services, which));
             }
@@ -315,7 +332,7 @@ async fn run_session(
     mut stream: TcpStream,
     peer: SocketAddr,
     services: Arc<Services>,
-    shutdown: watch::Receiver<bool>,
+    shutdown: shutdown::Shutdown,
 ) {
     let mut local = stream.local_addr().unwrap_or(peer);
     let mut addr = peer;
@@ -333,6 +350,10 @@ async fn run_session(
             Err(e) => {
                 // The specification: drop the connection, say nothing (the peer is a proxy,
                 // not an SMTP client).
+                crate::metrics::metrics()
+                    .connections_refused
+                    .with_label_values(&["proxy_header"])
+                    .inc();
                 tracing::warn!(proxy = %peer, error = %e, "PROXY protocol header refused; closing the connection (is the load balancer configured to send it? see [server] proxy_protocol)");
                 return;
             }

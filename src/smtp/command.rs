@@ -30,6 +30,8 @@ pub enum Command {
     /// `XCLIENT attr=value ...` (Postfix), its arguments unparsed: only a trusted proxy may
     /// use it, and that is checked before the arguments (see `smtp::xclient`).
     Xclient(String),
+    /// `XFORWARD attr=value ...` (Postfix's before-queue filter protocol), unparsed, as XCLIENT.
+    Xforward(String),
     /// A command we know of but do not offer (AUTH, ETRN, TURN, ...).
     NotImplemented(String),
 }
@@ -138,7 +140,8 @@ pub fn parse(line: &[u8]) -> Result<Command, Reply> {
         "HELP" => Ok(Command::Help),
         "STARTTLS" => no_args(Command::StartTls),
         "XCLIENT" => Ok(Command::Xclient(rest.to_string())),
-        "AUTH" | "ETRN" | "TURN" | "ATRN" | "SEND" | "SOML" | "SAML" | "XFORWARD" | "BURL" => {
+        "XFORWARD" => Ok(Command::Xforward(rest.to_string())),
+        "AUTH" | "ETRN" | "TURN" | "ATRN" | "SEND" | "SOML" | "SAML" | "BURL" => {
             Ok(Command::NotImplemented(verb.to_ascii_uppercase()))
         }
         _ => Err(reply::unknown_command()),

@@ -10,6 +10,7 @@ use std::io;
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::watch;
 
 use super::data::DataDecoder;
 use super::reply::Reply;
@@ -26,6 +27,8 @@ pub enum ReadError {
     /// The client closed the connection (possibly mid-line).
     Closed,
     Io(io::Error),
+    /// The server is stopping (the shutdown grace period is over).
+    Stopped,
 }
 
 impl From<io::Error> for ReadError {
@@ -53,6 +56,8 @@ pub struct Connection {
     /// Start of unread input in `input`.
     pos: usize,
     output: Vec<u8>,
+    /// When this becomes true, waiting for input ends with [`ReadError::Stopped`].
+    stop: Option<watch::Receiver<bool>>,
 }
 
 impl Connection {
@@ -62,7 +67,14 @@ impl Connection {
             input: Vec::with_capacity(READ_CHUNK),
             pos: 0,
             output: Vec::with_capacity(512),
+            stop: None,
         }
+    }
+
+    /// Ends every wait for input when `stop` becomes true (the server's hard stop).
+    pub fn with_stop(mut self, stop: watch::Receiver<bool>) -> Connection {
+        self.stop = Some(stop);
+        self
     }
 
     /// Queues a reply; it is sent at the next flush.
@@ -127,7 +139,20 @@ impl Connection {
         }
         let start = self.input.len();
         self.input.resize(start + READ_CHUNK, 0);
-        let read = tokio::time::timeout(timeout, self.stream.read(&mut self.input[start..])).await;
+        let read = tokio::time::timeout(timeout, self.stream.read(&mut self.input[start..]));
+        // Reading is cancel-safe: if the stop wins, no input was consumed.
+        let read = match &mut self.stop {
+            Some(stop) => tokio::select! {
+                r = read => Some(r),
+                // A dropped sender means no stop will come: wait for the read alone.
+                Ok(_) = stop.wait_for(|stopped| *stopped) => None,
+            },
+            None => Some(read.await),
+        };
+        let Some(read) = read else {
+            self.input.truncate(start);
+            return Err(ReadError::Stopped);
+        };
         let n = match read {
             Ok(Ok(n)) => n,
             Ok(Err(e)) => {

@@ -12,8 +12,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use tokio::sync::watch;
-
 use super::command::{self, Command, MailFrom, RcptTo};
 use super::connection::{Connection, Io, ReadError};
 use super::data::{DataDecoder, Problem};
@@ -25,6 +23,7 @@ use crate::filter::{Action, headers};
 use crate::relay::RelaySession;
 use crate::relay::received::{now_rfc5322, received_header};
 use crate::server::Services;
+use crate::server::shutdown::Shutdown;
 
 /// After this many errors the session is closed (Postfix's `smtpd_hard_error_limit`).
 const MAX_ERRORS: u32 = 20;
@@ -34,6 +33,8 @@ const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The transaction in progress after an accepted MAIL.
 struct Transaction {
+    /// The client as this transaction knows it (with XFORWARD attributes applied).
+    client: ClientInfo,
     mail: MailFrom,
     recipients: Vec<RcptTo>,
     /// RCPT commands seen (accepted or not), for the recipient limit.
@@ -48,6 +49,8 @@ enum Next {
 }
 
 pub struct Session {
+    /// Our id for this session, in every log line about it.
+    id: String,
     conn: Connection,
     services: Arc<Services>,
     client: ClientInfo,
@@ -56,7 +59,9 @@ pub struct Session {
     /// The message being received by BDAT, between the first chunk and LAST.
     bdat: Option<DataDecoder>,
     errors: u32,
-    shutdown: watch::Receiver<bool>,
+    shutdown: Shutdown,
+    /// XFORWARD attributes from a trusted proxy, for the next transaction only.
+    forwarded: Option<xclient::Update>,
 }
 
 impl Session {
@@ -64,11 +69,12 @@ impl Session {
         stream: Box<dyn Io>,
         client: ClientInfo,
         services: Arc<Services>,
-        shutdown: watch::Receiver<bool>,
+        shutdown: Shutdown,
     ) -> Session {
         let relay = RelaySession::new(services.relay.clone());
         Session {
-            conn: Connection::new(stream),
+            id: new_queue_id(),
+            conn: Connection::new(stream).with_stop(shutdown.stop.clone()),
             services,
             client,
             relay,
@@ -76,6 +82,7 @@ impl Session {
             bdat: None,
             errors: 0,
             shutdown,
+            forwarded: None,
         }
     }
 
@@ -94,13 +101,13 @@ impl Session {
         let hard_limit = base_limit + 512;
         loop {
             let idle = self.txn.is_none() && self.bdat.is_none();
-            if idle && *self.shutdown.borrow() {
+            if idle && *self.shutdown.draining.borrow() {
                 let r = reply::shutting_down(self.hostname());
                 self.conn.reply(&r);
                 break;
             }
             let read = if idle {
-                let mut shutdown = self.shutdown.clone();
+                let mut shutdown = self.shutdown.draining.clone();
                 tokio::select! {
                     r = self.conn.read_line(hard_limit, command_timeout) => Some(r),
                     _ = shutdown.changed() => None,
@@ -125,7 +132,9 @@ impl Session {
                 && self.services.config.server.bare_newline == BareNewline::Reject
             {
                 tracing::info!(client = %self.client.addr, "bare {kind} in a command; closing");
-                self.conn.reply(&reply::bare_newline(kind));
+                let r = reply::bare_newline(kind);
+                count_rejection(&r);
+                self.conn.reply(&r);
                 break;
             }
             let result = if line.too_long {
@@ -166,6 +175,7 @@ impl Session {
     /// Queues an error reply and counts it.
     fn error(&mut self, r: &Reply) {
         self.errors += 1;
+        count_rejection(r);
         self.conn.reply(r);
     }
 
@@ -181,6 +191,11 @@ impl Session {
             }
             ReadError::Io(e) => {
                 tracing::debug!(client = %self.client.addr, stage, error = %e, "client connection error");
+            }
+            ReadError::Stopped => {
+                tracing::info!(client = %self.client.addr, stage, "shutdown grace period over; session closed with 421");
+                let r = reply::shutting_down(self.hostname());
+                self.conn.reply(&r);
             }
         }
     }
@@ -209,6 +224,7 @@ impl Session {
             }
             Command::StartTls => return self.starttls().await,
             Command::Xclient(args) => self.xclient(&args).await,
+            Command::Xforward(args) => self.xforward(&args),
         }
         Next::Continue
     }
@@ -216,6 +232,7 @@ impl Session {
     /// Forgets the transaction here and upstream.
     async fn reset(&mut self) {
         self.txn = None;
+        self.forwarded = None;
         self.bdat = None;
         self.relay.rset().await;
     }
@@ -246,6 +263,7 @@ impl Session {
         }
         if self.services.is_trusted_proxy(self.client.addr.ip()) {
             lines.push(xclient::EHLO_KEYWORD.to_string());
+            lines.push(xclient::XFORWARD_EHLO_KEYWORD.to_string());
         }
         self.conn.reply(&Reply::from_lines(250, lines));
     }
@@ -278,6 +296,93 @@ impl Session {
         self.conn.reply(&greeting);
     }
 
+    /// The one line per message (and its metrics): who sent what to whom, what the filter
+    /// found, and what the client was told. No message content.
+    fn log_message(
+        &self,
+        envelope: &Envelope,
+        size: usize,
+        verdict: &crate::filter::Verdict,
+        r: &Reply,
+        kept: bool,
+    ) {
+        let f = &verdict.findings;
+        // The final action: a message the filter passed is what the upstream made of it.
+        let action = match (&verdict.action, r.code() / 100) {
+            (Action::Accept, 4) => "tempfail",
+            (Action::Accept, 5) => "reject",
+            _ => f.action,
+        };
+        let m = crate::metrics::metrics();
+        m.messages.with_label_values(&[action]).inc();
+        m.message_size.observe(size as f64);
+        m.message_recipients
+            .observe(envelope.recipients.len() as f64);
+        let text = r.lines().last().map(String::as_str).unwrap_or("");
+        let upstream_id = text
+            .split("queued as ")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .filter(|_| r.is_positive() && !kept)
+            .unwrap_or("-");
+        let recipients: Vec<&str> = envelope
+            .recipients
+            .iter()
+            .map(|r| r.address.as_str())
+            .collect();
+        tracing::info!(
+            session = %self.id,
+            id = %envelope.id,
+            client = %envelope.client.addr.ip(),
+            helo = %envelope.client.helo.as_deref().unwrap_or("-"),
+            from = %envelope.mail_from.address,
+            rcpts = %recipients.join(","),
+            size,
+            action = %action,
+            score = f.score,
+            rules = %if f.rules.is_empty() { "-".to_string() } else { f.rules.join(",") },
+            auth = %if f.auth.is_empty() { "-" } else { f.auth.as_str() },
+            virus = %f.virus.as_deref().unwrap_or("-"),
+            reply = %r,
+            upstream_id = %upstream_id,
+            timings = %f.timings.log_value(),
+            verdict = %verdict.summary,
+            "message {}",
+            if !r.is_positive() {
+                "refused"
+            } else if kept {
+                "kept (not relayed)"
+            } else {
+                "relayed"
+            }
+        );
+    }
+
+    /// XFORWARD from a trusted proxy (Postfix's `smtpd_proxy_filter`): the client's identity
+    /// for the next transaction, which starts with MAIL. Postfix's XFORWARD_README.
+    fn xforward(&mut self, args: &str) {
+        if !self.services.is_trusted_proxy(self.client.addr.ip()) {
+            tracing::info!(client = %self.client.addr, "XFORWARD from a host not in [server] trusted_proxies; refused");
+            return self.error(&Reply::new(
+                550,
+                "5.7.0",
+                "Error: insufficient authorization",
+            ));
+        }
+        if self.txn.is_some() {
+            return self.error(&reply::bad_sequence("Error: MAIL transaction in progress"));
+        }
+        match xclient::parse_for(xclient::Verb::Xforward, args) {
+            Ok(update) => {
+                self.forwarded
+                    .get_or_insert_with(Default::default)
+                    .merge(update);
+                self.conn.reply(&reply::ok());
+            }
+            Err(r) => self.error(&r),
+        }
+    }
+
     async fn mail(&mut self, mail: MailFrom) {
         if self.client.helo.is_none() {
             return self.error(&reply::bad_sequence("Send HELO/EHLO first"));
@@ -292,9 +397,14 @@ impl Session {
         if !mail.params.smtputf8 && !mail.address.is_ascii() {
             return self.error(&non_ascii_address());
         }
-        let r = self.relay.mail(&self.client, &mail).await;
+        let mut client = self.client.clone();
+        if let Some(forwarded) = &self.forwarded {
+            forwarded.apply(&mut client);
+        }
+        let r = self.relay.mail(&client, &mail).await;
         if r.is_positive() {
             self.txn = Some(Transaction {
+                client,
                 mail,
                 recipients: Vec::new(),
                 rcpt_attempts: 0,
@@ -315,7 +425,9 @@ impl Session {
         }
         if txn.rcpt_attempts >= max {
             // Not counted as an error: RFC 5321 §4.5.3.1.10 expects clients to retry the rest.
-            self.conn.reply(&reply::too_many_recipients());
+            let r = reply::too_many_recipients();
+            count_rejection(&r);
+            self.conn.reply(&r);
             return;
         }
         if !txn.mail.params.smtputf8 && !rcpt.address.is_ascii() {
@@ -435,9 +547,10 @@ impl Session {
             self.error(&reply::bad_sequence("Need MAIL command"));
             return Next::Continue;
         };
+        self.forwarded = None;
         let envelope = Envelope {
             id: new_queue_id(),
-            client: self.client.clone(),
+            client: txn.client,
             mail_from: txn.mail,
             recipients: txn.recipients,
         };
@@ -462,23 +575,7 @@ impl Session {
                 r
             }
         };
-        tracing::info!(
-            id = %envelope.id,
-            client = %self.client.addr,
-            from = %envelope.mail_from.address,
-            rcpts = envelope.recipients.len(),
-            size = message.len(),
-            verdict = %verdict.summary,
-            reply = %r,
-            "message {}",
-            if !r.is_positive() {
-                "refused"
-            } else if kept {
-                "kept (not relayed)"
-            } else {
-                "relayed"
-            }
-        );
+        self.log_message(&envelope, message.len(), &verdict, &r, kept);
         self.conn.reply(&r);
         Next::Continue
     }
@@ -518,6 +615,7 @@ impl Session {
         });
         match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, handshake).await {
             Ok(Ok(version)) => {
+                count_tls("ok");
                 // RFC 3207 §4.2: forget everything learnt before the handshake.
                 self.reset().await;
                 self.client.helo = None;
@@ -526,15 +624,49 @@ impl Session {
                 Next::Continue
             }
             Ok(Err(e)) => {
+                count_tls("failed");
                 tracing::info!(client = %self.client.addr, error = %e, "TLS handshake failed");
                 Next::Close
             }
             Err(_) => {
+                count_tls("failed");
                 tracing::info!(client = %self.client.addr, "TLS handshake timed out");
                 Next::Close
             }
         }
     }
+}
+
+fn count_tls(result: &str) {
+    crate::metrics::metrics()
+        .tls_handshakes
+        .with_label_values(&[result])
+        .inc();
+}
+
+/// Counts a refused command or message data in `mailwarden_commands_rejected_total` under
+/// the reason an admin would look for.
+fn count_rejection(r: &Reply) {
+    let long = r
+        .lines()
+        .first()
+        .is_some_and(|l| l.contains("too long") || l.contains("longer than"));
+    let reason = match (r.code(), r.enhanced_code()) {
+        (550, Some("5.5.2")) => "bare_newline",
+        (500, Some("5.5.2")) if long => "line_too_long",
+        (500, Some("5.5.1")) => "unknown_command",
+        (500 | 501 | 553, _) => "syntax",
+        (502, _) => "not_implemented",
+        (503, _) => "sequence",
+        (552, _) => "size",
+        (452, _) => "recipients",
+        (550, Some("5.7.0")) => "unauthorized",
+        _ => "other",
+    };
+    crate::metrics::metrics()
+        .commands_rejected
+        .with_label_values(&[reason])
+        .inc();
 }
 
 fn non_ascii_address() -> Reply {

@@ -1,10 +1,14 @@
-//! Inbound XCLIENT (Postfix's XCLIENT_README): a trusted SMTP proxy in front of mailwarden
-//! names the real client.
+//! Inbound XCLIENT and XFORWARD (Postfix's XCLIENT_README, XFORWARD_README): a trusted SMTP
+//! proxy in front of mailwarden names the real client.
 //!
 //! `XCLIENT ADDR=192.0.2.7 PORT=4711 HELO=client.example PROTO=ESMTP` from a host in
 //! `[server] trusted_proxies` replaces the session's client address, port and HELO; the
 //! session starts over with a fresh `220` greeting, as Postfix does. Everyone else gets
 //! `550 5.7.0`, and XCLIENT is advertised in EHLO only to trusted hosts.
+//!
+//! XFORWARD is what Postfix sends to a before-queue content filter (`smtpd_proxy_filter`):
+//! `XFORWARD ADDR=… HELO=…` before MAIL, answered with `250`; the attributes hold for the
+//! next transaction only (Postfix resets them at its end).
 //!
 //! Attribute values are xtext (RFC 3461 §4). `[UNAVAILABLE]` and `[TEMPUNAVAIL]` leave the
 //! attribute as it was. NAME, LOGIN, DESTADDR and DESTPORT are accepted (a Postfix-speaking
@@ -19,6 +23,16 @@ use crate::envelope::ClientInfo;
 /// The attributes we accept, for the EHLO keyword line (Postfix's order).
 pub const EHLO_KEYWORD: &str = "XCLIENT NAME ADDR PORT PROTO HELO LOGIN DESTADDR DESTPORT";
 
+/// The XFORWARD attributes we accept, for the EHLO keyword line.
+pub const XFORWARD_EHLO_KEYWORD: &str = "XFORWARD NAME ADDR PORT PROTO HELO IDENT SOURCE";
+
+/// Which command the attributes came with: each has its own attribute names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verb {
+    Xclient,
+    Xforward,
+}
+
 /// What an XCLIENT command asks to change; `None` = leave as it is.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Update {
@@ -31,6 +45,16 @@ pub struct Update {
 }
 
 impl Update {
+    /// Adds `later` on top of this update (XFORWARD may come in several commands).
+    pub fn merge(&mut self, later: Update) {
+        self.addr = later.addr.or(self.addr);
+        self.port = later.port.or(self.port);
+        self.helo = later.helo.or(self.helo.take());
+        self.esmtp = later.esmtp.or(self.esmtp);
+        self.dest_addr = later.dest_addr.or(self.dest_addr);
+        self.dest_port = later.dest_port.or(self.dest_port);
+    }
+
     /// Applies the update to the session's client.
     pub fn apply(&self, client: &mut ClientInfo) {
         if let Some(ip) = self.addr {
@@ -54,12 +78,18 @@ impl Update {
     }
 }
 
-fn bad(what: String) -> Reply {
-    Reply::new(501, "5.5.4", format!("Bad XCLIENT attribute: {what}"))
-}
-
 /// Parses the arguments of an XCLIENT command: `name=value` pairs, at least one.
 pub fn parse(args: &str) -> Result<Update, Reply> {
+    parse_for(Verb::Xclient, args)
+}
+
+/// Parses the arguments of XCLIENT or XFORWARD.
+pub fn parse_for(verb: Verb, args: &str) -> Result<Update, Reply> {
+    let verb_name = match verb {
+        Verb::Xclient => "XCLIENT",
+        Verb::Xforward => "XFORWARD",
+    };
+    let bad = |what: String| Reply::new(501, "5.5.4", format!("Bad {verb_name} attribute: {what}"));
     let mut update = Update::default();
     let mut any = false;
     for pair in args.split([' ', '\t']).filter(|s| !s.is_empty()) {
@@ -74,6 +104,12 @@ pub fn parse(args: &str) -> Result<Update, Reply> {
         match name.to_ascii_uppercase().as_str() {
             "ADDR" => {
                 update.addr = Some(parse_addr(&value).ok_or_else(|| bad(format!("ADDR={value}")))?)
+            }
+            "DESTADDR" | "DESTPORT" | "LOGIN" if verb == Verb::Xforward => {
+                return Err(bad(format!("unknown attribute {name}")));
+            }
+            "IDENT" | "SOURCE" if verb == Verb::Xclient => {
+                return Err(bad(format!("unknown attribute {name}")));
             }
             "PORT" => update.port = Some(value.parse().map_err(|_| bad(format!("PORT={value}")))?),
             "DESTADDR" => {
@@ -103,7 +139,7 @@ pub fn parse(args: &str) -> Result<Update, Reply> {
                     _ => return Err(bad(format!("PROTO={value} (SMTP or ESMTP)"))),
                 })
             }
-            "NAME" | "LOGIN" | "REVERSE_NAME" => {}
+            "NAME" | "LOGIN" | "REVERSE_NAME" | "IDENT" | "SOURCE" => {}
             _ => return Err(bad(format!("unknown attribute {name}"))),
         }
     }
@@ -111,7 +147,7 @@ pub fn parse(args: &str) -> Result<Update, Reply> {
         return Err(Reply::new(
             501,
             "5.5.4",
-            "Syntax: XCLIENT attribute=value [attribute=value ...]",
+            format!("Syntax: {verb_name} attribute=value [attribute=value ...]"),
         ));
     }
     Ok(update)
@@ -189,6 +225,26 @@ mod tests {
         assert_eq!(u.dest_addr, Some("2001:db8::1".parse().expect("ip")));
         let u = parse("ADDR=[TEMPUNAVAIL] HELO=[UNAVAILABLE]").expect("valid");
         assert_eq!(u, Update::default());
+    }
+
+    #[test]
+    fn xforward_has_its_own_attributes_and_merges() {
+        let mut u = parse_for(
+            Verb::Xforward,
+            "NAME=spike.porcupine.org ADDR=168.100.189.2 PROTO=ESMTP",
+        )
+        .expect("valid");
+        u.merge(
+            parse_for(
+                Verb::Xforward,
+                "HELO=spike.porcupine.org IDENT=abc SOURCE=REMOTE",
+            )
+            .expect("valid"),
+        );
+        assert_eq!(u.addr, Some("168.100.189.2".parse().expect("ip")));
+        assert_eq!(u.helo.as_deref(), Some("spike.porcupine.org"));
+        assert!(parse_for(Verb::Xforward, "LOGIN=joe").is_err());
+        assert!(parse_for(Verb::Xclient, "IDENT=abc").is_err());
     }
 
     #[test]

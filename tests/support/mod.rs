@@ -8,6 +8,8 @@
 //!   temporary directory) as a real, deliberately vulnerable upstream MTA.
 //! * [`FakeUpstream`] is a scriptable SMTP server for fault injection that records what
 //!   it was sent.
+//! * [`Clamd`] runs a private, real ClamAV daemon with the EICAR test signatures
+//!   (`tests/clamav/`); [`SilentClamd`] accepts connections and never answers.
 //! * [`SmtpClient`] is a small blocking SMTP client that speaks raw bytes when a test needs
 //!   to misbehave.
 //! * [`messages`] loads the test messages in `tests/data/` and splits delivered Maildir
@@ -20,12 +22,14 @@
 // Each test binary uses a different subset of these helpers.
 #![allow(dead_code, unused_imports)]
 
+pub mod clamd;
 pub mod client;
 pub mod fake_upstream;
 pub mod messages;
 pub mod postfix;
 pub mod proxy;
 
+pub use clamd::{Clamd, SilentClamd};
 pub use client::{Reply, SmtpClient};
 pub use fake_upstream::{Action, FakeUpstream, ReceivedMessage, Script};
 pub use postfix::Postfix;

@@ -105,6 +105,12 @@ impl Proxy {
         if !body.contains("[auth]") && !body.contains("[dns]") {
             return Self::complete_config(&format!("{body}\n[auth]\nenabled = false\n"));
         }
+        // Many proxies run at once: each serves its metrics on a port of its own.
+        if !body.contains("[metrics]") {
+            return Self::complete_config(&format!(
+                "{body}\n[metrics]\nlisten = \"127.0.0.1:0\"\n"
+            ));
+        }
         const LISTEN: &str = r#"["127.0.0.1:0"]"#;
         if body.contains("@LISTEN@") {
             return body.replace("@LISTEN@", LISTEN);
@@ -212,6 +218,22 @@ impl Proxy {
     }
 
     /// The config file contents the proxy was started with.
+    /// Where the metrics endpoint listens (from the proxy's `metrics endpoint on` line).
+    pub fn metrics_addr(&self) -> SocketAddr {
+        let log = self.wait_for_log("metrics endpoint on ");
+        log.lines()
+            .find_map(|l| {
+                let rest = &l[l.find("metrics endpoint on ")? + "metrics endpoint on ".len()..];
+                rest.split_whitespace().next()?.parse().ok()
+            })
+            .unwrap_or_else(|| panic!("no 'metrics endpoint on' line in the log:\n{log}"))
+    }
+
+    /// `GET path` on the metrics endpoint: (status code, body).
+    pub fn http_get(&self, path: &str) -> (u16, String) {
+        http_get(self.metrics_addr(), path)
+    }
+
     /// Waits (up to 5 s) until the log contains `needle`; the log arrives through a pipe
     /// read by another thread, a little after the proxy wrote it. Returns the log.
     pub fn wait_for_log(&self, needle: &str) -> String {
@@ -251,16 +273,39 @@ impl Proxy {
 
     /// Sends SIGHUP to the child (`kill -HUP <pid>`): the proxy reloads its rules.
     pub fn sighup(&self) {
+        self.signal("HUP");
+    }
+
+    /// Sends SIGTERM to the child: the proxy drains and exits.
+    pub fn sigterm(&self) {
+        self.signal("TERM");
+    }
+
+    fn signal(&self, name: &str) {
         let status = std::process::Command::new("kill")
-            .arg("-HUP")
+            .arg(format!("-{name}"))
             .arg(self.pid().to_string())
             .status()
-            .unwrap_or_else(|e| panic!("run kill -HUP {}: {e}", self.pid()));
+            .unwrap_or_else(|e| panic!("run kill -{name} {}: {e}", self.pid()));
         assert!(
             status.success(),
-            "kill -HUP {} failed: {status}",
+            "kill -{name} {} failed: {status}",
             self.pid()
         );
+    }
+
+    /// Waits up to `timeout` for the child to exit; its status, or `None` if still running.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            if std::time::Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 }
 
@@ -326,4 +371,30 @@ pub fn parse_listening(line: &str) -> Option<SocketAddr> {
         .take_while(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | ':' | '[' | ']'))
         .collect();
     token.parse().ok()
+}
+
+/// A minimal HTTP GET. HTTP/1.0, so the server answers with the whole body and closes (no
+/// chunked encoding to undo); works for mailwarden's endpoint and Prometheus' API alike.
+pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    use std::io::Write;
+    let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+        .unwrap_or_else(|e| panic!("connect to {addr}: {e}"));
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("read timeout");
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").expect("send the request");
+    let mut response = String::new();
+    stream
+        .read_to_string(&mut response)
+        .unwrap_or_else(|e| panic!("read the answer to GET {path}: {e}"));
+    let status = response
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("not an HTTP answer: {response:?}"));
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
 }

@@ -1,0 +1,508 @@
+//! The Prometheus metrics: every counter, gauge and histogram mailwarden exports, in one place.
+//!
+//! Admins watch mailwarden on a dashboard (`deploy/grafana/mailwarden.json`) and alert on it
+//! (`deploy/prometheus/alerts.yml`); both may use only what is defined here, and a test checks
+//! that. All names start with `mailwarden_`. The exposition is the classic text format 0.0.4
+//! (the `prometheus` crate), which every scraper and `promtool check metrics` accept.
+//!
+//! Label values come from fixed sets (actions, stages, result words) or from the admin's own
+//! configuration (rule names of the loaded set, `[[dnsbl]]` symbols), never from what a client
+//! sends — except virus families, which are clamd's signature names cut to their family and
+//! capped (see [`virus_family`]) so a flood of distinct signatures cannot grow the series
+//! without bound.
+//!
+//! `http` serves `/metrics`, `/healthz` and `/readyz` on `[metrics] listen`.
+
+pub mod http;
+
+use std::collections::HashSet;
+use std::sync::{LazyLock, Mutex};
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+/// Every metric, registered in one registry.
+pub struct Metrics {
+    registry: Registry,
+    /// Every series name this registry can export (histograms with their suffixes).
+    names: Vec<String>,
+    // Sessions.
+    pub connections_accepted: IntCounter,
+    pub connections_refused: IntCounterVec,
+    pub sessions_active: IntGauge,
+    pub tls_handshakes: IntCounterVec,
+    pub commands_rejected: IntCounterVec,
+    // Messages.
+    pub messages: IntCounterVec,
+    pub message_size: Histogram,
+    pub message_recipients: Histogram,
+    // Scans.
+    pub scan_duration: HistogramVec,
+    pub spam_score: Histogram,
+    pub rule_hits: IntCounterVec,
+    /// The rules of the loaded set: only these are counted in `rule_hits`.
+    known_rules: Mutex<HashSet<String>>,
+    // Sender authentication and block lists.
+    pub auth_results: IntCounterVec,
+    pub dnsbl_hits: IntCounterVec,
+    pub uribl_hits: IntCounterVec,
+    pub blocklist_refused: IntCounterVec,
+    pub dns_errors: IntCounterVec,
+    // ClamAV.
+    pub clamav_scans: IntCounterVec,
+    pub clamav_viruses: IntCounterVec,
+    pub clamav_failures: IntCounterVec,
+    virus_families: Mutex<HashSet<String>>,
+    // Upstream.
+    pub upstream_transactions: IntCounterVec,
+    pub upstream_replies: IntCounterVec,
+    pub upstream_connect_errors: IntCounter,
+    pub upstream_duration: Histogram,
+    // Rules.
+    pub rules_loaded: IntGauge,
+    pub rules_skipped: IntGauge,
+    pub rules_reload_timestamp: IntGauge,
+    pub rules_reload_success: IntGauge,
+    pub rules_reloads: IntCounterVec,
+    pub build_info: IntGaugeVec,
+}
+
+/// The metrics of this process.
+pub fn metrics() -> &'static Metrics {
+    static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
+    &METRICS
+}
+
+/// Latency buckets (seconds) from 0.5 ms to 30 s: a scan stage takes about a millisecond,
+/// a DNS timeout or a slow clamd seconds.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+/// The actions a message can end with (`mailwarden_messages_total{action}`).
+pub const ACTIONS: &[&str] = &[
+    "accept",
+    "tag",
+    "reject",
+    "tempfail",
+    "quarantine",
+    "discard",
+];
+
+/// The stages of `mailwarden_scan_duration_seconds{stage}`.
+pub const STAGES: &[&str] = &["parse", "rules", "auth", "dns", "clamav", "total"];
+
+/// At most this many virus families get their own series; the rest count as `other`.
+const MAX_VIRUS_FAMILIES: usize = 200;
+
+impl Metrics {
+    fn new() -> Metrics {
+        let registry = Registry::new();
+        let names = std::cell::RefCell::new(Vec::new());
+        let register =
+            |registry: &Registry, collector: Box<dyn prometheus::core::Collector>, name: &str| {
+                if name.starts_with("mailwarden_") {
+                    names.borrow_mut().push(name.to_string());
+                }
+                register(registry, collector, name)
+            };
+        let counter = |name: &str, help: &str| {
+            let c = IntCounter::new(name, help).unwrap_or_else(|e| bug(name, e));
+            register(&registry, Box::new(c.clone()), name);
+            c
+        };
+        let counter_vec = |name: &str, help: &str, labels: &[&str]| {
+            let c =
+                IntCounterVec::new(Opts::new(name, help), labels).unwrap_or_else(|e| bug(name, e));
+            register(&registry, Box::new(c.clone()), name);
+            c
+        };
+        let gauge = |name: &str, help: &str| {
+            let g = IntGauge::new(name, help).unwrap_or_else(|e| bug(name, e));
+            register(&registry, Box::new(g.clone()), name);
+            g
+        };
+        let histogram = |name: &str, help: &str, buckets: Vec<f64>| {
+            let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets))
+                .unwrap_or_else(|e| bug(name, e));
+            register(&registry, Box::new(h.clone()), name);
+            for suffix in ["_bucket", "_sum", "_count"] {
+                names.borrow_mut().push(format!("{name}{suffix}"));
+            }
+            h
+        };
+        let scan_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "mailwarden_scan_duration_seconds",
+                "Time spent per message in each filter stage (parse, rules, auth, dns, clamav) and in all of them (total).",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["stage"],
+        )
+        .unwrap_or_else(|e| bug("mailwarden_scan_duration_seconds", e));
+        register(
+            &registry,
+            Box::new(scan_duration.clone()),
+            "mailwarden_scan_duration_seconds",
+        );
+        for suffix in ["_bucket", "_sum", "_count"] {
+            names
+                .borrow_mut()
+                .push(format!("mailwarden_scan_duration_seconds{suffix}"));
+        }
+        let build_info = IntGaugeVec::new(
+            Opts::new(
+                "mailwarden_build_info",
+                "Always 1; the labels say which mailwarden is running.",
+            ),
+            &["version"],
+        )
+        .unwrap_or_else(|e| bug("mailwarden_build_info", e));
+        register(
+            &registry,
+            Box::new(build_info.clone()),
+            "mailwarden_build_info",
+        );
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+        #[cfg(target_os = "linux")]
+        register(
+            &registry,
+            Box::new(prometheus::process_collector::ProcessCollector::for_self()),
+            "process",
+        );
+
+        let m = Metrics {
+            connections_accepted: counter(
+                "mailwarden_connections_accepted_total",
+                "Client connections accepted (a session started).",
+            ),
+            connections_refused: counter_vec(
+                "mailwarden_connections_refused_total",
+                "Client connections refused before the session, by reason (max_sessions, max_sessions_per_ip, proxy_header).",
+                &["reason"],
+            ),
+            sessions_active: gauge("mailwarden_sessions_active", "Client sessions open now."),
+            tls_handshakes: counter_vec(
+                "mailwarden_tls_handshakes_total",
+                "STARTTLS handshakes with clients, by result (ok, failed).",
+                &["result"],
+            ),
+            commands_rejected: counter_vec(
+                "mailwarden_commands_rejected_total",
+                "Client commands or data refused by the SMTP layer, by reason.",
+                &["reason"],
+            ),
+            messages: counter_vec(
+                "mailwarden_messages_total",
+                "Messages received completely, by the final action (accept, tag, reject, tempfail, quarantine, discard).",
+                &["action"],
+            ),
+            message_size: histogram(
+                "mailwarden_message_size_bytes",
+                "Size of the messages received.",
+                prometheus::exponential_buckets(1024.0, 4.0, 9).unwrap_or_default(),
+            ),
+            message_recipients: histogram(
+                "mailwarden_message_recipients",
+                "Accepted recipients per message.",
+                vec![1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0],
+            ),
+            scan_duration,
+            spam_score: histogram(
+                "mailwarden_spam_score",
+                "Spam score of the messages scanned.",
+                vec![
+                    -5.0, 0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 7.5, 10.0, 15.0, 20.0, 30.0,
+                ],
+            ),
+            rule_hits: counter_vec(
+                "mailwarden_rule_hits_total",
+                "Rule hits by rule name (only rules of the loaded set).",
+                &["rule"],
+            ),
+            known_rules: Mutex::new(HashSet::new()),
+            auth_results: counter_vec(
+                "mailwarden_auth_results_total",
+                "Sender authentication results by method (spf, dkim, dmarc, arc) and result (pass, fail, none, ...).",
+                &["method", "result"],
+            ),
+            dnsbl_hits: counter_vec(
+                "mailwarden_dnsbl_hits_total",
+                "Client addresses listed, by [[dnsbl]] list (its symbol).",
+                &["list"],
+            ),
+            uribl_hits: counter_vec(
+                "mailwarden_uribl_hits_total",
+                "Messages with a listed link domain, by [[uribl]] list (its symbol).",
+                &["list"],
+            ),
+            blocklist_refused: counter_vec(
+                "mailwarden_blocklist_refused_total",
+                "Block list answers meaning 'query refused / resolver blocked' (not a listing), by zone.",
+                &["zone"],
+            ),
+            dns_errors: counter_vec(
+                "mailwarden_dns_errors_total",
+                "Temporary DNS errors during the checks, by check (spf, dmarc).",
+                &["check"],
+            ),
+            clamav_scans: counter_vec(
+                "mailwarden_clamav_scans_total",
+                "clamd scans by result (clean, virus, error, timeout, skipped).",
+                &["result"],
+            ),
+            clamav_viruses: counter_vec(
+                "mailwarden_clamav_viruses_total",
+                "Viruses found, by signature family.",
+                &["family"],
+            ),
+            virus_families: Mutex::new(HashSet::new()),
+            clamav_failures: counter_vec(
+                "mailwarden_clamav_failures_total",
+                "Messages whose virus scan failed, by what was done (tempfail, accept).",
+                &["handling"],
+            ),
+            upstream_transactions: counter_vec(
+                "mailwarden_upstream_transactions_total",
+                "Messages handed to the upstream, by result (accepted, rejected, tempfail, error).",
+                &["result"],
+            ),
+            upstream_replies: counter_vec(
+                "mailwarden_upstream_replies_total",
+                "Upstream replies to our MAIL, RCPT and message data, by stage (mail, rcpt, data) and class (2xx, 3xx, 4xx, 5xx).",
+                &["stage", "class"],
+            ),
+            upstream_connect_errors: counter(
+                "mailwarden_upstream_connect_errors_total",
+                "Failed connections to the upstream (refused, timed out, no greeting).",
+            ),
+            upstream_duration: histogram(
+                "mailwarden_upstream_duration_seconds",
+                "Time from the end of the client's data to the upstream's final reply.",
+                LATENCY_BUCKETS.to_vec(),
+            ),
+            rules_loaded: gauge("mailwarden_rules_loaded", "Rules in the loaded rule set."),
+            rules_skipped: gauge(
+                "mailwarden_rules_skipped",
+                "Rules skipped at the last successful load (unsupported syntax).",
+            ),
+            rules_reload_timestamp: gauge(
+                "mailwarden_rules_last_reload_timestamp_seconds",
+                "Unix time of the last rule load attempt.",
+            ),
+            rules_reload_success: gauge(
+                "mailwarden_rules_last_reload_success",
+                "1 if the last rule load attempt succeeded, 0 if it failed (the previous rules stay in use).",
+            ),
+            rules_reloads: counter_vec(
+                "mailwarden_rules_reloads_total",
+                "Rule load attempts by result (ok, failed).",
+                &["result"],
+            ),
+            build_info,
+            registry,
+            names: Vec::new(),
+        };
+        let mut m = m;
+        m.names = names.take();
+        // Known label values start at 0, so rates and ratios exist before the first event.
+        for action in ACTIONS {
+            m.messages.with_label_values(&[action]);
+        }
+        for stage in STAGES {
+            m.scan_duration.with_label_values(&[stage]);
+        }
+        for result in ["clean", "virus", "error", "timeout", "skipped"] {
+            m.clamav_scans.with_label_values(&[result]);
+        }
+        for result in ["accepted", "rejected", "tempfail", "error"] {
+            m.upstream_transactions.with_label_values(&[result]);
+        }
+        for result in ["ok", "failed"] {
+            m.rules_reloads.with_label_values(&[result]);
+            m.tls_handshakes.with_label_values(&[result]);
+        }
+        for reason in ["max_sessions", "max_sessions_per_ip", "proxy_header"] {
+            m.connections_refused.with_label_values(&[reason]);
+        }
+        for reason in [
+            "bare_newline",
+            "line_too_long",
+            "unknown_command",
+            "syntax",
+            "sequence",
+            "size",
+            "recipients",
+        ] {
+            m.commands_rejected.with_label_values(&[reason]);
+        }
+        for handling in ["tempfail", "accept"] {
+            m.clamav_failures.with_label_values(&[handling]);
+        }
+        for check in ["spf", "dmarc"] {
+            m.dns_errors.with_label_values(&[check]);
+        }
+        for stage in ["mail", "rcpt", "data"] {
+            for class in ["2xx", "4xx", "5xx"] {
+                m.upstream_replies.with_label_values(&[stage, class]);
+            }
+        }
+        m
+    }
+
+    /// Every series name mailwarden can export: what dashboards and alerts may use.
+    pub fn names(&self) -> &[String] {
+        &self.names
+    }
+
+    /// The text exposition (format 0.0.4).
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
+            tracing::error!(error = %e, "metrics encoding failed");
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
+    /// Records a (re)load of the rules.
+    pub fn rules_status(&self, status: &crate::filter::LoadStatus) {
+        let at = status
+            .at
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        self.rules_reload_timestamp.set(at);
+        self.rules_reload_success.set(i64::from(status.ok));
+        self.rules_reloads
+            .with_label_values(&[if status.ok { "ok" } else { "failed" }])
+            .inc();
+        if status.ok {
+            self.rules_loaded.set(status.rules as i64);
+            self.rules_skipped.set(status.skipped as i64);
+        }
+    }
+
+    /// Makes the loaded rule set the one `rule_hits` counts: each of its rules gets a series
+    /// (at 0, so `increase()` sees the first hit), rules no longer loaded lose theirs.
+    pub fn set_rules<'a>(&self, names: impl Iterator<Item = &'a str>) {
+        let new: HashSet<String> = names.map(str::to_string).collect();
+        let mut known = self.known_rules.lock().unwrap_or_else(|p| p.into_inner());
+        for gone in known.difference(&new) {
+            let _ = self.rule_hits.remove_label_values(&[gone]);
+        }
+        for name in &new {
+            self.rule_hits.with_label_values(&[name]);
+        }
+        *known = new;
+    }
+
+    /// Counts a hit of `rule`, if it belongs to the loaded set.
+    pub fn rule_hit(&self, rule: &str) {
+        let known = self.known_rules.lock().unwrap_or_else(|p| p.into_inner());
+        if known.contains(rule) {
+            self.rule_hits.with_label_values(&[rule]).inc();
+        }
+    }
+
+    /// Counts a virus under its family name; past [`MAX_VIRUS_FAMILIES`] distinct families,
+    /// new ones count as `other`.
+    pub fn virus(&self, signature: &str) {
+        let family = virus_family(signature);
+        let mut seen = self
+            .virus_families
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let label = if seen.contains(&family) || seen.len() < MAX_VIRUS_FAMILIES {
+            seen.insert(family.clone());
+            family
+        } else {
+            "other".to_string()
+        };
+        self.clamav_viruses.with_label_values(&[&label]).inc();
+    }
+}
+
+/// A clamd signature name cut to its family: `Win.Trojan.Agent-12345-0` → `Win.Trojan.Agent`,
+/// `Eicar-Test-Signature.UNOFFICIAL` → `Eicar-Test-Signature`. Only `[A-Za-z0-9._-]` is kept.
+pub fn virus_family(signature: &str) -> String {
+    let name = signature.trim_end_matches(".UNOFFICIAL");
+    let mut parts: Vec<&str> = name.split('-').collect();
+    while parts.len() > 1
+        && parts
+            .last()
+            .is_some_and(|p| p.bytes().all(|b| b.is_ascii_digit()))
+    {
+        parts.pop();
+    }
+    let family: String = parts
+        .join("-")
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        .take(64)
+        .collect();
+    if family.is_empty() {
+        "unknown".into()
+    } else {
+        family
+    }
+}
+
+/// The class of an SMTP reply code for `mailwarden_upstream_replies_total`.
+pub fn reply_class(code: u16) -> &'static str {
+    match code / 100 {
+        2 => "2xx",
+        3 => "3xx",
+        4 => "4xx",
+        _ => "5xx",
+    }
+}
+
+fn register(registry: &Registry, collector: Box<dyn prometheus::core::Collector>, name: &str) {
+    if let Err(e) = registry.register(collector) {
+        bug(name, e);
+    }
+}
+
+/// A metric definition is wrong: a programming error found by the first test that runs.
+fn bug(name: &str, e: prometheus::Error) -> ! {
+    panic!("metric {name} is defined wrongly: {e}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_metric_is_exported_with_help_and_the_prefix() {
+        let m = metrics();
+        m.messages.with_label_values(&["accept"]).inc();
+        m.virus("Eicar-Test-Signature.UNOFFICIAL");
+        let text = m.render();
+        for line in text.lines().filter(|l| l.starts_with("# HELP ")) {
+            let name = line.split(' ').nth(2).unwrap_or("");
+            assert!(
+                name.starts_with("mailwarden_") || name.starts_with("process_"),
+                "{line}"
+            );
+        }
+        assert!(text.contains("mailwarden_messages_total{action=\"accept\"}"));
+        assert!(text.contains("mailwarden_messages_total{action=\"discard\"} 0"));
+        assert!(text.contains("mailwarden_clamav_viruses_total{family=\"Eicar-Test-Signature\"}"));
+        assert!(text.contains("mailwarden_build_info{version="));
+    }
+
+    #[test]
+    fn virus_families() {
+        assert_eq!(virus_family("Win.Trojan.Agent-12345-0"), "Win.Trojan.Agent");
+        assert_eq!(virus_family("Eicar-Test-Signature"), "Eicar-Test-Signature");
+        assert_eq!(
+            virus_family("Doc.Dropper.Agent-6336960-0.UNOFFICIAL"),
+            "Doc.Dropper.Agent"
+        );
+        assert_eq!(virus_family("a{b}\"c"), "abc");
+        assert_eq!(virus_family("\"{}"), "unknown");
+    }
+}
