@@ -6,6 +6,7 @@
 //! grace period), then the process exits. Nothing is ever acknowledged that was not relayed.
 
 pub mod health;
+pub mod limits;
 pub mod proxy_protocol;
 pub mod shutdown;
 pub mod tls;
@@ -153,6 +154,7 @@ impl Drop for Slot {
 pub async fn serve(config: Config) -> anyhow::Result<()> {
     let services = Arc::new(Services::new(config)?);
     let server = &services.config.server;
+    limits::raise_file_limit(server.max_sessions);
     let mut listeners = Vec::new();
     for addr in &server.listen {
         let listener = bind(*addr).with_context(|| {
