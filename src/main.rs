@@ -78,7 +78,15 @@ fn serve(path: &std::path::Path) -> ExitCode {
     let config = match Config::load(path) {
         Ok(config) => config,
         Err(e) => {
-            eprintln!("mailwarden: configuration error: {e}");
+            let problems = e.to_string();
+            if problems.contains('\n') {
+                eprintln!("mailwarden: configuration errors (fix each, then start again):");
+                for line in problems.lines() {
+                    eprintln!("  {line}");
+                }
+            } else {
+                eprintln!("mailwarden: configuration error: {problems}");
+            }
             return ExitCode::from(2);
         }
     };

@@ -335,6 +335,18 @@ pub enum UpstreamTarget {
     Smtp(String),
 }
 
+/// The problems found while validating, each `origin: key: what to do`.
+struct Problems<'a> {
+    origin: &'a str,
+    list: Vec<String>,
+}
+
+impl Problems<'_> {
+    fn add(&mut self, key: &str, what: String) {
+        self.list.push(format!("{}: {key}: {what}", self.origin));
+    }
+}
+
 /// A configuration error, worded for the admin who has to fix the file.
 #[derive(Debug)]
 pub struct ConfigError(String);
@@ -375,17 +387,38 @@ impl Config {
         Ok(config)
     }
 
+    /// Checks every value; all problems are reported at once, one per line.
     fn validate(&self, origin: &str) -> Result<(), ConfigError> {
-        let err = |key: &str, what: String| Err(ConfigError(format!("{origin}: {key}: {what}")));
+        let mut p = Problems {
+            origin,
+            list: Vec::new(),
+        };
+        self.validate_server(&mut p);
+        if let Err(e) = self.upstream_target() {
+            p.list.push(format!("{origin}: {e}"));
+        }
+        self.validate_policy(&mut p);
+        self.validate_auth(&mut p);
+        if let Err(e) = self.clamav.validate() {
+            p.list.push(format!("{origin}: {e}"));
+        }
+        if p.list.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError(p.list.join("\n")))
+        }
+    }
+
+    fn validate_server(&self, p: &mut Problems) {
         let s = &self.server;
         if s.listen.is_empty() {
-            return err(
+            p.add(
                 "server.listen",
                 "needs at least one address, e.g. [\"127.0.0.1:2525\"]".into(),
             );
         }
         if !is_valid_hostname(&s.hostname) {
-            return err(
+            p.add(
                 "server.hostname",
                 format!(
                     "{:?} is not a host name (letters, digits, '-' and '.', e.g. \"mx.example.org\")",
@@ -394,42 +427,42 @@ impl Config {
             );
         }
         if s.max_message_size < 1024 {
-            return err(
+            p.add(
                 "server.max_message_size",
                 "must be at least 1024 bytes".into(),
             );
         }
         if s.max_recipients == 0 {
-            return err("server.max_recipients", "must be at least 1".into());
+            p.add("server.max_recipients", "must be at least 1".into());
         }
         if s.max_sessions == 0 || s.max_sessions_per_ip == 0 {
-            return err(
+            p.add(
                 "server.max_sessions / server.max_sessions_per_ip",
                 "must be at least 1".into(),
             );
         }
         if s.max_command_line < 512 {
-            return err(
+            p.add(
                 "server.max_command_line",
                 "must be at least 512 (RFC 5321 §4.5.3.1.4)".into(),
             );
         }
         if s.max_text_line < 1000 {
-            return err(
+            p.add(
                 "server.max_text_line",
                 "must be at least 1000 (RFC 5321 §4.5.3.1.6)".into(),
             );
         }
         if s.command_timeout_secs == 0 || s.data_timeout_secs == 0 {
-            return err("server.*_timeout_secs", "must be at least 1 second".into());
+            p.add("server.*_timeout_secs", "must be at least 1 second".into());
         }
         if let Err(e) = self.metrics.address() {
-            return err("metrics.listen", e);
+            p.add("metrics.listen", e);
         }
         match s.trusted_proxy_nets() {
-            Err(e) => return err("server.trusted_proxies", e),
+            Err(e) => p.add("server.trusted_proxies", e),
             Ok(nets) if s.proxy_protocol && nets.is_empty() => {
-                return err(
+                p.add(
                     "server.proxy_protocol",
                     "is true but server.trusted_proxies is empty: list the load balancers' addresses (e.g. [\"10.0.0.5\"]), or set proxy_protocol = false".into(),
                 );
@@ -438,7 +471,7 @@ impl Config {
         }
         let u = &self.upstream;
         if u.connect_timeout_secs == 0 || u.command_timeout_secs == 0 || u.data_timeout_secs == 0 {
-            return err(
+            p.add(
                 "upstream.*_timeout_secs",
                 "must be at least 1 second".into(),
             );
@@ -446,78 +479,71 @@ impl Config {
         if let Some(name) = &u.helo_name
             && !is_valid_hostname(name)
         {
-            return err("upstream.helo_name", format!("{name:?} is not a host name"));
+            p.add("upstream.helo_name", format!("{name:?} is not a host name"));
         }
-        self.upstream_target()
-            .map_err(|e| ConfigError(format!("{origin}: {e}")))?;
-        self.validate_policy(origin)?;
-        self.validate_auth(origin)?;
-        self.clamav
-            .validate()
-            .map_err(|e| ConfigError(format!("{origin}: {e}")))
     }
 
-    fn validate_auth(&self, origin: &str) -> Result<(), ConfigError> {
-        let err = |key: &str, what: String| Err(ConfigError(format!("{origin}: {key}: {what}")));
+    fn validate_auth(&self, p: &mut Problems) {
         if self.dns.timeout_ms == 0 || self.dns.timeout_ms > 60_000 {
-            return err(
+            p.add(
                 "dns.timeout_ms",
                 "must be between 1 and 60000 (milliseconds)".into(),
             );
         }
         if let Err(e) = self.dns.nameserver_addrs() {
-            return err("dns.nameservers", e);
+            p.add("dns.nameservers", e);
         }
         if let Err(e) = self.auth.trusted_nets() {
-            return err("auth.trusted_networks", e);
+            p.add("auth.trusted_networks", e);
         }
         for (i, list) in self.dnsbl.iter().enumerate() {
             if let Err(e) = list.validate() {
-                return err(&format!("[[dnsbl]] #{}", i + 1), e);
+                p.add(&format!("[[dnsbl]] #{}", i + 1), e);
             }
         }
         for (i, list) in self.uribl.iter().enumerate() {
             if let Err(e) = list.validate() {
-                return err(&format!("[[uribl]] #{}", i + 1), e);
+                p.add(&format!("[[uribl]] #{}", i + 1), e);
             }
         }
-        Ok(())
     }
 
-    fn validate_policy(&self, origin: &str) -> Result<(), ConfigError> {
-        let err = |key: &str, what: String| Err(ConfigError(format!("{origin}: {key}: {what}")));
+    fn validate_policy(&self, problems: &mut Problems) {
         let p = &self.policy;
         if self.rules.score_set > 3 {
-            return err("rules.score_set", "must be 0, 1, 2 or 3".into());
+            problems.add("rules.score_set", "must be 0, 1, 2 or 3".into());
         }
         if self.rules.scan_timeout_ms == 0 {
-            return err("rules.scan_timeout_ms", "must be at least 1".into());
+            problems.add("rules.scan_timeout_ms", "must be at least 1".into());
         }
-        let check = |key: &str, tag: f64, reject: f64| {
+        let check = |problems: &mut Problems, key: &str, tag: f64, reject: f64| {
             if !tag.is_finite() || !reject.is_finite() || tag > reject {
-                return err(
+                problems.add(
                     key,
                     format!("tag_score ({tag}) must not be above reject_score ({reject})"),
                 );
             }
-            Ok(())
         };
-        check("policy", p.tag_score, p.reject_score)?;
+        check(problems, "policy", p.tag_score, p.reject_score);
         // Only a pair the admin wrote together must be ordered: a domain that sets just
         // reject_score = 3 under a global tag_score of 5 simply rejects from 3 on.
         for (domain, d) in &p.domains {
             if let (Some(tag), Some(reject)) = (d.tag_score, d.reject_score) {
-                check(&format!("policy.domains.\"{domain}\""), tag, reject)?;
+                check(
+                    problems,
+                    &format!("policy.domains.\"{domain}\""),
+                    tag,
+                    reject,
+                );
             }
         }
         let quarantines = p.rules.values().any(|r| r.action == Action::Quarantine);
         if quarantines && p.quarantine_dir.is_empty() {
-            return err(
+            problems.add(
                 "policy.rules",
                 "an action = \"quarantine\" needs policy.quarantine_dir (where to keep the messages)".into(),
             );
         }
-        Ok(())
     }
 
     /// Parses `upstream.url`.

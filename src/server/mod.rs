@@ -54,11 +54,17 @@ impl Services {
 impl Services {
     /// Builds the services from a validated config; errors say what to fix.
     pub fn new(config: Config) -> anyhow::Result<Services> {
+        // Every part is checked even when an earlier one failed, so the admin sees all the
+        // problems at once, one per line.
+        let mut problems: Vec<String> = Vec::new();
         let relay = match config.upstream_target()? {
-            UpstreamTarget::Maildir(dir) => Relay::Maildir(
-                Maildir::open(&dir, &config.server.hostname)
-                    .with_context(|| "upstream.url: the Maildir cannot be used")?,
-            ),
+            UpstreamTarget::Maildir(dir) => match Maildir::open(&dir, &config.server.hostname) {
+                Ok(md) => Some(Relay::Maildir(md)),
+                Err(e) => {
+                    problems.push(format!("upstream.url: the Maildir cannot be used: {e:#}"));
+                    None
+                }
+            },
             UpstreamTarget::Smtp(address) => {
                 let u = &config.upstream;
                 let settings = Arc::new(UpstreamSettings {
@@ -73,27 +79,45 @@ impl Services {
                     data_timeout: Duration::from_secs(u.data_timeout_secs),
                 });
                 let idle = Duration::from_secs(u.pool_idle_secs);
-                Relay::Smtp(SmtpRelay::new(settings, u.pool_size, idle))
+                Some(Relay::Smtp(SmtpRelay::new(settings, u.pool_size, idle)))
             }
         };
-        let tls = config.tls.as_ref().map(tls::acceptor).transpose()?;
-        let filter = Filter::load(&config).map_err(|errors| {
-            anyhow::anyhow!(
-                "the rules do not load (`mailwarden rules check` shows every problem):\n  {}",
-                errors.join("\n  ")
-            )
-        })?;
+        let tls = match config.tls.as_ref().map(tls::acceptor).transpose() {
+            Ok(tls) => tls,
+            Err(e) => {
+                problems.push(format!("{e:#}"));
+                None
+            }
+        };
+        let filter = match Filter::load(&config) {
+            Ok(filter) => Some(filter),
+            Err(errors) => {
+                problems.push(format!(
+                    "the rules do not load (`mailwarden rules check` shows every problem):\n    {}",
+                    errors.join("\n    ")
+                ));
+                None
+            }
+        };
         let trusted_proxies = config
             .server
             .trusted_proxy_nets()
             .map_err(|e| anyhow::anyhow!("server.trusted_proxies: {e}"))?;
-        Ok(Services {
-            config,
-            relay: Arc::new(relay),
-            filter: Arc::new(filter),
-            tls,
-            trusted_proxies,
-        })
+        match (relay, filter) {
+            (Some(relay), Some(filter)) if problems.is_empty() => Ok(Services {
+                config,
+                relay: Arc::new(relay),
+                filter: Arc::new(filter),
+                tls,
+                trusted_proxies,
+            }),
+            _ => Err(anyhow::anyhow!(
+                "cannot start ({} problem{}):\n  {}",
+                problems.len(),
+                if problems.len() == 1 { "" } else { "s" },
+                problems.join("\n  ")
+            )),
+        }
     }
 }
 
