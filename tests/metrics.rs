@@ -483,3 +483,52 @@ fn a_real_prometheus_scrapes_mailwarden_and_answers_the_dashboard_queries() {
     let alerts = prometheus.query("ALERTS{alertstate=\"firing\"}");
     assert!(alerts.is_empty(), "alerts firing: {alerts:?}");
 }
+
+#[test]
+fn json_logs_carry_one_structured_line_per_message() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let maildir = format!("maildir:{}", dir.path().join("mail").display());
+    let proxy = Proxy::start_with_files(
+        &format!(
+            "[server]\nhostname = \"mx.example.test\"\n[upstream]\nurl = \"{maildir}\"\n[rules]\npaths = [\"@DIR@/rules\"]\n[log]\nformat = \"json\"\n"
+        ),
+        &[(
+            "rules/local.cf",
+            b"body MW_TEST_REJECT /zzqrejectme/\nscore MW_TEST_REJECT 0.5\naction MW_TEST_REJECT reject\n"
+                as &[u8],
+        )],
+    );
+    traffic(proxy.addr());
+    let log = proxy.wait_for_log("message refused");
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let messages: Vec<&serde_json::Value> = lines
+        .iter()
+        .filter(|v| {
+            v["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("message "))
+        })
+        .collect();
+    assert_eq!(messages.len(), 4, "{log}");
+    let refused = messages
+        .iter()
+        .find(|v| v["message"] == "message refused")
+        .expect("the rejected message's line");
+    for field in [
+        "session", "id", "client", "helo", "from", "rcpts", "size", "action", "score", "rules",
+        "reply", "timings",
+    ] {
+        assert!(!refused[field].is_null(), "{field} missing: {refused}");
+    }
+    assert_eq!(refused["action"], "reject");
+    assert_eq!(refused["rules"], "MW_TEST_REJECT");
+    assert_eq!(refused["client"], "127.0.0.1");
+    assert!(
+        !log.contains("zzqrejectme"),
+        "message content must never be logged"
+    );
+}
