@@ -801,7 +801,7 @@ fn dkim_rsa_sha256_valid_and_tampered() {
     let key = mail_auth_rsa_key();
     // The DNS key record: p= is the PKCS#1 RSAPublicKey (RFC 6376 §3.6.1 allows it as well
     // as SubjectPublicKeyInfo; verifiers accept both).
-    let public = base64_encode(&key.public_key());
+    let public = support::messages::base64(&key.public_key());
     let dns = Dns::start_with(&[(
         "rsa2048._domainkey.example.test".to_string(),
         format!("v=DKIM1; k=rsa; p={public}"),
@@ -851,22 +851,6 @@ fn dkim_rsa_sha256_valid_and_tampered() {
 }
 
 /// Standard base64 with padding.
-fn base64_encode(bytes: &[u8]) -> String {
-    const ABC: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::new();
-    for chunk in bytes.chunks(3) {
-        let n =
-            chunk.iter().fold(0u32, |acc, &b| (acc << 8) | u32::from(b)) << (8 * (3 - chunk.len()));
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(ABC[(n >> (18 - 6 * i)) as usize & 63] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
-}
 
 /// A plain message whose body links to `link`.
 fn with_link(link: &str, tag: &str) -> Vec<u8> {

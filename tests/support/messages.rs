@@ -227,3 +227,34 @@ pub fn simple(id: &str, subject: &str, body: &str) -> Vec<u8> {
     )
     .into_bytes()
 }
+
+/// Base64 (RFC 4648) on one line, e.g. for a DKIM key record.
+pub fn base64(data: &[u8]) -> String {
+    base64_wrapped(data, usize::MAX)
+}
+
+/// Base64 in 76-character lines joined by CRLF, as a MIME body part wants it
+/// (RFC 2045 §6.8).
+pub fn base64_mime(data: &[u8]) -> String {
+    base64_wrapped(data, 19)
+}
+
+fn base64_wrapped(data: &[u8], groups_per_line: usize) -> String {
+    const ABC: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for (i, chunk) in data.chunks(3).enumerate() {
+        if i > 0 && i % groups_per_line == 0 {
+            out.push_str("\r\n");
+        }
+        let n =
+            chunk.iter().fold(0u32, |acc, &b| (acc << 8) | u32::from(b)) << (8 * (3 - chunk.len()));
+        for k in 0..4 {
+            if k <= chunk.len() {
+                out.push(ABC[((n >> (18 - 6 * k)) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
