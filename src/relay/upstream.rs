@@ -64,6 +64,20 @@ impl fmt::Display for UpstreamError {
     }
 }
 
+/// With `xclient = "auto"` and an upstream that does not offer XCLIENT, the upstream judges
+/// mailwarden's own address instead of the client's: if that address is trusted there
+/// (Postfix's `mynetworks` includes localhost by default), it relays for anyone. Said once,
+/// loudly, with the fix.
+fn warn_no_xclient(address: &str) {
+    static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if !WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+        tracing::warn!(
+            upstream = %address,
+            "the upstream does not offer XCLIENT to us, so it sees mailwarden's address as the client: if that address is in its mynetworks, mailwarden is an OPEN RELAY. Authorize XCLIENT (Postfix: smtpd_authorized_xclient_hosts = this host) and set upstream.xclient = \"always\" (logged once)"
+        );
+    }
+}
+
 impl From<io::Error> for UpstreamError {
     fn from(e: io::Error) -> Self {
         UpstreamError::Io(e)
@@ -238,6 +252,7 @@ impl UpstreamConnection {
             (None, true) if self.settings.xclient == Xclient::Always => {
                 return Err(UpstreamError::XclientMissing);
             }
+            (None, true) => warn_no_xclient(&self.settings.address),
             _ => {}
         }
         self.use_xforward = self.settings.xforward && self.caps.xforward.is_some();
