@@ -86,9 +86,10 @@ pub struct ServerConfig {
     pub max_command_line: usize,
     /// Longest message text line, CRLF included (RFC 5321 §4.5.3.1.6: 1000).
     pub max_text_line: usize,
-    /// Idle time allowed while waiting for a command (RFC 5321 §4.5.3.2.7: at least 5 minutes).
+    /// Time allowed for one command line to arrive (RFC 5321 §4.5.3.2.7: at least 5 minutes);
+    /// a line trickled in byte by byte counts from its start (slowloris).
     pub command_timeout_secs: u64,
-    /// Idle time allowed while receiving message data.
+    /// Time allowed for each line of message data to arrive.
     pub data_timeout_secs: u64,
     /// What to do with a bare LF or bare CR (a line ending that is not CRLF).
     pub bare_newline: BareNewline,

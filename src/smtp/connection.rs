@@ -173,7 +173,11 @@ impl Connection {
 
     /// Reads one command line of at most `max` bytes including its line ending.
     /// Longer lines are read to their end and reported as `too_long`.
+    ///
+    /// `timeout` bounds the whole line, not only the gaps between reads: a client trickling
+    /// a byte at a time (slowloris) is cut off like an idle one.
     pub async fn read_line(&mut self, max: usize, timeout: Duration) -> Result<Line, ReadError> {
+        let deadline = tokio::time::Instant::now() + timeout;
         let mut discarding = false;
         loop {
             let unread = &self.input[self.pos..];
@@ -209,17 +213,22 @@ impl Connection {
                 discarding = true;
                 self.pos = self.input.len();
             }
-            self.fill(timeout).await?;
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            self.fill(left).await?;
         }
     }
 
     /// Feeds DATA input to `decoder` until its end-of-data line; input after it stays
     /// buffered for the next command.
+    ///
+    /// `timeout` bounds each line of the message (like Postfix's
+    /// `smtpd_per_record_deadline`), so a client trickling bytes cannot hold the session.
     pub async fn read_data(
         &mut self,
         decoder: &mut DataDecoder,
         timeout: Duration,
     ) -> Result<(), ReadError> {
+        let mut deadline = LineDeadline::new(timeout);
         loop {
             let unread = &self.input[self.pos..];
             match decoder.feed(unread) {
@@ -229,7 +238,9 @@ impl Connection {
                 }
                 None => self.pos = self.input.len(),
             }
-            self.fill(timeout).await?;
+            self.fill(deadline.left()).await?;
+            // Everything before was consumed: what is unread now is what just arrived.
+            deadline.progress(&self.input[self.pos..]);
         }
     }
 
@@ -241,6 +252,7 @@ impl Connection {
         mut decoder: Option<&mut DataDecoder>,
         timeout: Duration,
     ) -> Result<(), ReadError> {
+        let mut deadline = LineDeadline::new(timeout);
         loop {
             let available = (self.input.len() - self.pos) as u64;
             let take = available.min(size) as usize;
@@ -252,7 +264,36 @@ impl Connection {
             if size == 0 {
                 return Ok(());
             }
-            self.fill(timeout).await?;
+            self.fill(deadline.left()).await?;
+            deadline.progress(&self.input[self.pos..]);
+        }
+    }
+}
+
+/// The time left for the current line of message data: `timeout` from the last line end
+/// received, so a trickling client times out although it is never idle for `timeout`.
+struct LineDeadline {
+    timeout: Duration,
+    at: tokio::time::Instant,
+}
+
+impl LineDeadline {
+    fn new(timeout: Duration) -> Self {
+        LineDeadline {
+            timeout,
+            at: tokio::time::Instant::now() + timeout,
+        }
+    }
+
+    fn left(&self) -> Duration {
+        self.at
+            .saturating_duration_since(tokio::time::Instant::now())
+    }
+
+    /// `received` just arrived: a line end in it starts a new line's deadline.
+    fn progress(&mut self, received: &[u8]) {
+        if memchr::memchr(b'\n', received).is_some() {
+            self.at = tokio::time::Instant::now() + self.timeout;
         }
     }
 }
@@ -316,6 +357,95 @@ mod tests {
         c.read_chunk(5, Some(&mut d), T).await.expect("chunk");
         assert_eq!(c.read_line(512, T).await.expect("line").bytes, b"QUIT");
         assert_eq!(d.finish().expect("ok"), b"abc\r\n");
+    }
+
+    /// One byte every 100 ms never leaves the connection idle for 300 ms, but the line is
+    /// not complete within 300 ms either: a timeout (slowloris).
+    #[tokio::test]
+    async fn trickled_line_times_out() {
+        let (mut client, server) = tokio::io::duplex(1024);
+        let writer = tokio::spawn(async move {
+            for b in b"NOOP and more\r\n" {
+                if client.write_all(&[*b]).await.is_err() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            client
+        });
+        let mut c = Connection::new(Box::new(server));
+        let started = std::time::Instant::now();
+        let r = c.read_line(512, Duration::from_millis(300)).await;
+        assert!(
+            matches!(r, Err(ReadError::Timeout)),
+            "{:?}",
+            r.map(|l| l.bytes)
+        );
+        assert!(
+            started.elapsed() < Duration::from_millis(1000),
+            "{:?}",
+            started.elapsed()
+        );
+        drop(writer);
+    }
+
+    /// Message data: a new line every 100 ms keeps the session going past the timeout, one
+    /// line trickled a byte every 100 ms does not.
+    #[tokio::test]
+    async fn trickled_data_line_times_out() {
+        for (input, want_timeout) in [
+            (&b"a\r\nb\r\nc\r\nd\r\ne\r\nf\r\n.\r\n"[..], false),
+            (&b"abcdefghij\r\n.\r\n"[..], true),
+        ] {
+            let (mut client, server) = tokio::io::duplex(1024);
+            let chunked = !want_timeout;
+            let writer = tokio::spawn(async move {
+                let pieces: Vec<&[u8]> = if chunked {
+                    input.split_inclusive(|b| *b == b'\n').collect()
+                } else {
+                    input.chunks(1).collect()
+                };
+                for piece in pieces {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    if client.write_all(piece).await.is_err() {
+                        break;
+                    }
+                }
+                client
+            });
+            let mut c = Connection::new(Box::new(server));
+            let mut d = DataDecoder::dot(BareNewline::Reject, 1 << 20, 1000);
+            let r = c.read_data(&mut d, Duration::from_millis(350)).await;
+            assert_eq!(
+                matches!(r, Err(ReadError::Timeout)),
+                want_timeout,
+                "{:?}",
+                r.err()
+            );
+            drop(writer);
+        }
+    }
+
+    /// The same inside a BDAT chunk.
+    #[tokio::test]
+    async fn trickled_chunk_times_out() {
+        let (mut client, server) = tokio::io::duplex(1024);
+        let writer = tokio::spawn(async move {
+            for b in b"abcdefghij\r\n" {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                if client.write_all(&[*b]).await.is_err() {
+                    break;
+                }
+            }
+            client
+        });
+        let mut c = Connection::new(Box::new(server));
+        let mut d = DataDecoder::chunks(BareNewline::Reject, 1 << 20, 1000);
+        let r = c
+            .read_chunk(12, Some(&mut d), Duration::from_millis(350))
+            .await;
+        assert!(matches!(r, Err(ReadError::Timeout)), "{:?}", r.err());
+        drop(writer);
     }
 
     #[tokio::test]
