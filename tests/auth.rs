@@ -850,8 +850,6 @@ fn dkim_rsa_sha256_valid_and_tampered() {
     );
 }
 
-/// Standard base64 with padding.
-
 /// A plain message whose body links to `link`.
 fn with_link(link: &str, tag: &str) -> Vec<u8> {
     format!(

@@ -49,18 +49,107 @@ impl Quarantine {
             "reason": scan.decision.reason,
             "symbols": scan.symbols_json(),
         });
-        write_durably(&eml, message)?;
-        let text = serde_json::to_vec_pretty(&verdict).map_err(io::Error::other)?;
-        write_durably(&meta, &text)?;
-        File::open(&self.dir)?.sync_all()?;
-        Ok(eml)
+        let stored = write_durably(&eml, message)
+            .and_then(|()| serde_json::to_vec_pretty(&verdict).map_err(io::Error::other))
+            .and_then(|text| write_durably(&meta, &text))
+            .and_then(|()| File::open(&self.dir)?.sync_all());
+        if stored.is_err() {
+            // The client is told to retry: a copy left here would be a second one after the
+            // retry, and a half-written one only fills the disk further.
+            for path in [&eml, &meta] {
+                let _ = fs::remove_file(path);
+            }
+        }
+        stored.map(|()| eml)
     }
 }
 
 fn write_durably(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let tmp = path.with_extension("tmp");
-    let mut f = File::create(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    fs::rename(&tmp, path)
+    let written = File::create(&tmp).and_then(|mut f| {
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        fs::rename(&tmp, path)
+    });
+    if written.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    written
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::envelope::ClientInfo;
+    use crate::filter::policy::Decision;
+    use crate::smtp::command::{MailFrom, MailParams};
+
+    fn envelope() -> Envelope {
+        Envelope {
+            id: "12EFD47A36900005".into(),
+            client: ClientInfo {
+                addr: "192.0.2.7:40000".parse().expect("addr"),
+                local: "127.0.0.1:25".parse().expect("addr"),
+                helo: Some("client.example".into()),
+                esmtp: true,
+                tls: None,
+            },
+            mail_from: MailFrom {
+                address: "a@example.test".into(),
+                params: MailParams::default(),
+            },
+            recipients: Vec::new(),
+        }
+    }
+
+    fn scan() -> Scan {
+        Scan {
+            symbols: Vec::new(),
+            score: 0.0,
+            decision: Decision {
+                action: crate::config::Action::Quarantine,
+                score: 0.0,
+                required: 5.0,
+                reason: "test".into(),
+                forced_by: Vec::new(),
+                subject_prefix: None,
+            },
+            timed_out: false,
+            elapsed: std::time::Duration::ZERO,
+        }
+    }
+
+    fn names(dir: &Path) -> Vec<String> {
+        let mut v: Vec<String> = fs::read_dir(dir)
+            .expect("read dir")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn stores_the_message_and_its_verdict() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let q = Quarantine::new(dir.path());
+        let eml = q
+            .store(&envelope(), b"Subject: x\r\n\r\nx\r\n", &scan())
+            .expect("store");
+        assert_eq!(fs::read(eml).expect("eml"), b"Subject: x\r\n\r\nx\r\n");
+        assert_eq!(
+            names(dir.path()),
+            ["12EFD47A36900005.eml", "12EFD47A36900005.json"]
+        );
+    }
+
+    #[test]
+    fn a_failed_store_leaves_nothing_behind() {
+        // The verdict cannot be written (a directory is in the way): the message must not
+        // stay either, or the client's retry would put a second copy next to it.
+        let dir = tempfile::tempdir().expect("tempdir");
+        fs::create_dir(dir.path().join("12EFD47A36900005.json")).expect("mkdir");
+        let q = Quarantine::new(dir.path());
+        assert!(q.store(&envelope(), b"x\r\n", &scan()).is_err());
+        assert_eq!(names(dir.path()), ["12EFD47A36900005.json"]);
+    }
 }

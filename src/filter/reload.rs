@@ -14,24 +14,29 @@ use super::Filter;
 /// How long to wait after the last change before reloading.
 const DEBOUNCE: Duration = Duration::from_millis(500);
 
-/// Starts the reloader task; it runs until the process ends.
+/// Starts the reloader task; it runs until the process ends. The SIGHUP handler and the
+/// file watcher are in place when this returns: call it before accepting connections, as a
+/// SIGHUP that arrives before the handler exists kills the process (the default action).
 pub fn spawn(filter: Arc<Filter>, watch_files: bool) {
     let (tx, mut rx) = mpsc::channel::<&'static str>(16);
     #[cfg(unix)]
     {
-        let tx = tx.clone();
-        tokio::spawn(async move {
-            use tokio::signal::unix::{SignalKind, signal};
-            let Ok(mut hup) = signal(SignalKind::hangup()) else {
-                tracing::warn!("cannot listen for SIGHUP; reload by signal is unavailable");
-                return;
-            };
-            while hup.recv().await.is_some() {
-                if tx.send("SIGHUP").await.is_err() {
-                    return;
-                }
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::hangup()) {
+            Ok(mut hup) => {
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    while hup.recv().await.is_some() {
+                        if tx.send("SIGHUP").await.is_err() {
+                            return;
+                        }
+                    }
+                });
             }
-        });
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGHUP; reload by signal is unavailable")
+            }
+        }
     }
     // The watcher must live as long as the task: it is moved into it.
     let watcher = if watch_files {

@@ -179,6 +179,10 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let services = Arc::new(Services::new(config)?);
     let server = &services.config.server;
     limits::raise_file_limit(server.max_sessions);
+    // Before the listeners: once we say "listening", SIGTERM must drain, not kill us.
+    let signals = shutdown::Signals::register();
+    // Before the listeners: once we say "listening", a SIGHUP must reload, not kill us.
+    crate::filter::reload::spawn(services.filter.clone(), services.config.rules.watch);
     let mut listeners = Vec::new();
     for addr in &server.listen {
         let listener = bind(*addr).with_context(|| {
@@ -204,7 +208,6 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     );
     crate::metrics::metrics().rules_status(&status);
     crate::metrics::metrics().set_rules(services.filter.engine().rules.rule_names());
-    crate::filter::reload::spawn(services.filter.clone(), services.config.rules.watch);
     if let Some(addr) = services
         .config
         .metrics
@@ -238,7 +241,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
             listener, services, limits, shutdown,
         )));
     }
-    shutdown::signal().await;
+    signals.wait().await;
     let grace = services.config.server.shutdown_grace.0;
     tracing::info!(
         active = limits.active(),

@@ -50,28 +50,46 @@ impl Trigger {
     }
 }
 
-/// Waits until the process is asked to stop (SIGTERM or SIGINT).
-pub async fn signal() {
+/// The stop signals, registered: from then on SIGTERM and SIGINT are caught, not fatal.
+/// Register before the listeners open, so a signal right after start still drains.
+pub struct Signals {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-        ) {
-            (Ok(mut term), Ok(mut int)) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = int.recv() => {}
+    streams: Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>,
+}
+
+impl Signals {
+    pub fn register() -> Signals {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            let streams = match (
+                signal(SignalKind::terminate()),
+                signal(SignalKind::interrupt()),
+            ) {
+                (Ok(term), Ok(int)) => Some((term, int)),
+                _ => {
+                    tracing::warn!(
+                        "cannot catch SIGTERM/SIGINT; stopping falls back to Ctrl-C only"
+                    );
+                    None
                 }
-            }
-            _ => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
+            };
+            Signals { streams }
         }
+        #[cfg(not(unix))]
+        Signals {}
     }
-    #[cfg(not(unix))]
-    {
+
+    /// Waits until the process is asked to stop (SIGTERM or SIGINT).
+    pub async fn wait(self) {
+        #[cfg(unix)]
+        if let Some((mut term, mut int)) = self.streams {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+            return;
+        }
         let _ = tokio::signal::ctrl_c().await;
     }
 }

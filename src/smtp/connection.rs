@@ -138,8 +138,10 @@ impl Connection {
             self.pos = 0;
         }
         let start = self.input.len();
-        self.input.resize(start + READ_CHUNK, 0);
-        let read = tokio::time::timeout(timeout, self.stream.read(&mut self.input[start..]));
+        // Into spare capacity, not a zeroed slice: the pages of an idle session's buffer are
+        // never touched (with 10,000 idle sessions that is 16 KiB of memory each).
+        self.input.reserve(READ_CHUNK);
+        let read = tokio::time::timeout(timeout, self.stream.read_buf(&mut self.input));
         // Reading is cancel-safe: if the stop wins, no input was consumed.
         let read = match &mut self.stop {
             Some(stop) => tokio::select! {

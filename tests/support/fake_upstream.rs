@@ -513,6 +513,8 @@ impl Conn {
                     "closing during DATA after {} bytes (scripted)",
                     raw.len()
                 ));
+                // Really close: the clone kept for Drop would otherwise hold the socket open.
+                let _ = self.writer.shutdown(Shutdown::Both);
                 return Ok(Outcome::Closed);
             }
             let line = &raw[start..];
@@ -543,6 +545,7 @@ impl Conn {
         };
         if script.close_in_body {
             self.event("closing on BDAT before reading the chunk (scripted)".into());
+            let _ = self.writer.shutdown(Shutdown::Both);
             return Ok(Outcome::Closed);
         }
         let mut chunk = vec![0u8; size];
