@@ -8,6 +8,9 @@
 # leaving the system Postfix unconfigured ("No configuration"), so nothing on the machine
 # starts receiving mail.
 #
+# Then it fuzzes (scripts/fuzz.sh): each cargo-fuzz target in fuzz/ for FUZZ_SECONDS seconds
+# (default 60; FUZZ_SECONDS=0 skips it), installing cargo-fuzz when it is missing.
+#
 # Usage: scripts/test.sh [extra `cargo test` arguments, e.g. -- --nocapture]
 # Works from any directory.
 set -euo pipefail
@@ -95,4 +98,10 @@ cargo test --lib --bins --tests --no-fail-fast "$@" 2>&1 | tee "$log" || status=
 # One closing line for the whole run, summed over every test binary.
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed;?$/) p += $i; if ($(i+1) ~ /^failed;?$/) f += $i; if ($(i+1) ~ /^ignored;?$/) g += $i } }
      END { printf "%d passed, %d failed, %d skipped\n", p, f, g }' "$log"
-exit "$status"
+
+# Fuzzing: every cargo-fuzz target in fuzz/ for FUZZ_SECONDS each (scripts/fuzz.sh).
+fuzz_status=0
+echo "==> scripts/fuzz.sh ${FUZZ_SECONDS:-60}"
+scripts/fuzz.sh "${FUZZ_SECONDS:-60}" || fuzz_status=$?
+[ "$status" = 0 ] || exit "$status"
+exit "$fuzz_status"

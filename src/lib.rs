@@ -9,6 +9,8 @@ pub mod cli;
 pub mod config;
 pub mod envelope;
 pub mod filter;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod metrics;
 pub mod relay;
 pub mod server;

@@ -110,7 +110,8 @@ impl RcptTo {
 pub fn parse(line: &[u8]) -> Result<Command, Reply> {
     let line =
         std::str::from_utf8(line).map_err(|_| reply::syntax_error("command is not valid UTF-8"))?;
-    if line.bytes().any(|b| b.is_ascii_control() && b != b'\t') {
+    // C0 and DEL, and C1 (U+0080..U+009F, e.g. NEL, which some software takes as a line end).
+    if line.chars().any(|c| c.is_control() && c != '\t') {
         return Err(reply::syntax_error("control character in command"));
     }
     let (verb, rest) = match line.find([' ', '\t']) {
@@ -221,16 +222,25 @@ fn parse_mailbox(path: &str, allow_empty: bool) -> Result<String, Reply> {
     };
     let bad = || reply::bad_address("Bad address syntax");
     // Outside quotes: no spaces, no specials that would end a path or split a header.
+    // Nowhere a TAB: RFC 5321's qtextSMTP and quoted-pairSMTP leave it out too.
+    // One `@` outside quotes at most: `a@b@c` (or `@b@c` left by a source route) would be read
+    // differently by the upstream, and re-sent it would look like a source route.
     let mut quoted = false;
     let mut escaped = false;
+    let mut ats = 0;
     for c in path.chars() {
         match c {
+            '\t' => return Err(bad()),
             _ if escaped => escaped = false,
             '\\' if quoted => escaped = true,
             '"' => quoted = !quoted,
-            ' ' | '\t' | '<' | '>' | '(' | ')' | ',' | ';' | '\\' if !quoted => return Err(bad()),
+            ' ' | '<' | '>' | '(' | ')' | ',' | ';' | '\\' if !quoted => return Err(bad()),
+            '@' if !quoted => ats += 1,
             _ => {}
         }
+    }
+    if ats > 1 {
+        return Err(bad());
     }
     if quoted {
         return Err(bad());
@@ -564,9 +574,33 @@ mod tests {
         assert_eq!(err("BDAT 99999999999999999999999").code(), 501);
     }
 
+    /// Found by the command fuzz target (fuzz/regressions/command/tab-in-quoted-local-part):
+    /// a TAB inside a quoted local part was accepted and echoed upstream and into headers.
+    #[test]
+    fn tab_is_refused_even_when_quoted() {
+        assert_eq!(err("MAIL FROM:<\"a\tb\"@example.org>").code(), 501);
+        assert_eq!(err("RCPT TO:<\"a\\\tb\"@example.org>").code(), 501);
+        assert!(parse(b"RCPT TO:<\"a b\"@example.org>").is_ok());
+    }
+
+    /// Found by the command fuzz target (fuzz/regressions/command/second-at-after-source-route):
+    /// `<@route:@b@c>` left the address `@b@c`, which re-sent upstream is a broken source route.
+    #[test]
+    fn one_unquoted_at_sign() {
+        assert_eq!(err("MAIL FROM:<@relay.example:@b@example.org>").code(), 501);
+        assert_eq!(err("RCPT TO:<a@b@example.org>").code(), 501);
+        let Command::Rcpt(r) = ok("RCPT TO:<\"a@b\"@example.org>") else {
+            panic!()
+        };
+        assert_eq!(r.address, "\"a@b\"@example.org");
+    }
+
     #[test]
     fn controls_and_invalid_utf8_are_syntax_errors() {
         assert_eq!(err("NOOP \x00").code(), 500);
+        // Found by the command fuzz target (fuzz/regressions/command/c1-control-in-address).
+        assert_eq!(err("RCPT TO:<a\u{85}b@example.org>").code(), 500);
+        assert_eq!(err("MAIL FROM:<\"a\u{9a}\"@example.org>").code(), 500);
         assert_eq!(
             parse(b"MAIL FROM:<\xff@b>").expect_err("bad utf8").code(),
             500

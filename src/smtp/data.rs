@@ -166,7 +166,9 @@ impl DataDecoder {
                         self.push(b".");
                         self.newline();
                     } else {
-                        // ".<CR>x": the dot is a stuffing dot, the CR is bare.
+                        // ".<CR>x": a line holding one dot, ended by a bare CR; like ".<LF>"
+                        // it is content, and a line of one dot is not unstuffed (§4.5.2).
+                        self.push(b".");
                         self.bare_newline("<CR>");
                     }
                 }
@@ -402,6 +404,17 @@ mod tests {
     fn normalize_turns_bare_cr_and_lf_into_crlf() {
         let (_, msg) = both(BareNewline::Normalize, b"a\nb\rc\r\r\nd\r\n.\r\n");
         assert_eq!(msg.expect("ok"), b"a\r\nb\r\nc\r\n\r\nd\r\n");
+    }
+
+    /// Found by the data_decoder fuzz target (fuzz/regressions/data_decoder/dot-bare-cr-line):
+    /// `.<CR>` dropped its dot, so the line became empty while `.<LF>` kept it.
+    #[test]
+    fn dot_line_ended_by_bare_cr_keeps_its_dot() {
+        let (end, msg) = both(BareNewline::Normalize, b"a\r.\rb\r\n.\r\r\nc\r\n.\r\n");
+        assert_eq!(end, Some(17), "ends only at the last line");
+        assert_eq!(msg.expect("ok"), b"a\r\n.\r\nb\r\n.\r\n\r\nc\r\n");
+        let (_, msg) = both(BareNewline::Normalize, b"a\n.\nb\r\n.\r\n");
+        assert_eq!(msg.expect("ok"), b"a\r\n.\r\nb\r\n");
     }
 
     #[test]
