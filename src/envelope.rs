@@ -56,3 +56,34 @@ pub struct Envelope {
     /// Recipients the upstream accepted, in order.
     pub recipients: Vec<RcptTo>,
 }
+
+#[cfg(test)]
+impl Envelope {
+    /// A sample envelope for unit tests: client 192.0.2.7 (`client.example`, ESMTP), sender
+    /// `a@example.test`, the given id and recipients.
+    pub fn example(id: &str, rcpts: &[&str]) -> Envelope {
+        use crate::smtp::command::MailParams;
+        Envelope {
+            id: id.into(),
+            client: ClientInfo {
+                addr: SocketAddr::from(([192, 0, 2, 7], 40000)),
+                local: SocketAddr::from(([127, 0, 0, 1], 25)),
+                helo: Some("client.example".into()),
+                esmtp: true,
+                tls: None,
+            },
+            mail_from: MailFrom {
+                address: "a@example.test".into(),
+                params: MailParams::default(),
+            },
+            recipients: rcpts
+                .iter()
+                .map(|r| RcptTo {
+                    address: r.to_string(),
+                    notify: None,
+                    orcpt: None,
+                })
+                .collect(),
+        }
+    }
+}

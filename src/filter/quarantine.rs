@@ -80,26 +80,10 @@ fn write_durably(path: &Path, bytes: &[u8]) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::envelope::ClientInfo;
     use crate::filter::policy::Decision;
-    use crate::smtp::command::{MailFrom, MailParams};
 
     fn envelope() -> Envelope {
-        Envelope {
-            id: "12EFD47A36900005".into(),
-            client: ClientInfo {
-                addr: "192.0.2.7:40000".parse().expect("addr"),
-                local: "127.0.0.1:25".parse().expect("addr"),
-                helo: Some("client.example".into()),
-                esmtp: true,
-                tls: None,
-            },
-            mail_from: MailFrom {
-                address: "a@example.test".into(),
-                params: MailParams::default(),
-            },
-            recipients: Vec::new(),
-        }
+        Envelope::example("12EFD47A36900005", &[])
     }
 
     fn scan() -> Scan {

@@ -37,32 +37,9 @@ pub fn now_rfc5322() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::envelope::ClientInfo;
-    use crate::smtp::command::{MailFrom, MailParams, RcptTo};
 
     fn envelope(rcpts: &[&str]) -> Envelope {
-        Envelope {
-            id: "4A1B2C3D4E5F".into(),
-            client: ClientInfo {
-                addr: "192.0.2.7:40000".parse().expect("addr"),
-                local: "127.0.0.1:25".parse().expect("addr"),
-                helo: Some("client.example".into()),
-                esmtp: true,
-                tls: None,
-            },
-            mail_from: MailFrom {
-                address: "a@example.test".into(),
-                params: MailParams::default(),
-            },
-            recipients: rcpts
-                .iter()
-                .map(|r| RcptTo {
-                    address: r.to_string(),
-                    notify: None,
-                    orcpt: None,
-                })
-                .collect(),
-        }
+        Envelope::example("4A1B2C3D4E5F", rcpts)
     }
 
     #[test]
