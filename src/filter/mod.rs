@@ -15,6 +15,7 @@ pub mod auth;
 pub mod blocklist;
 pub mod clamav;
 pub mod dnsbl;
+pub mod engine;
 pub mod headers;
 pub mod message;
 pub mod policy;
@@ -24,29 +25,28 @@ pub mod reload;
 pub mod rules;
 pub mod uribl;
 
-use std::collections::HashMap;
+pub use engine::{
+    Engine, SYMBOL_ALLOWLIST, SYMBOL_DENYLIST, SYMBOL_MIME_MALFORMED, SYMBOL_SCAN_TIMEOUT, Scan,
+    ScanContext, Symbol,
+};
+
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwap;
-use serde_json::json;
 use tokio::sync::Semaphore;
 
-use crate::config::{
-    Action as PolicyAction, AttachmentsConfig, AuthConfig, Config, PolicyConfig, RulesConfig,
-};
+use crate::config::{Action as PolicyAction, AuthConfig, Config, PolicyConfig, RulesConfig};
 use crate::envelope::Envelope;
 use crate::smtp::reply::Reply;
 use auth::{AuthInput, AuthResults, Authenticator};
-use blocklist::ListHit;
 use dnsbl::Dnsbl;
 use headers::{HeaderEdits, SPAM_HEADERS};
 use message::Message;
-use policy::{Decision, Policy};
 use quarantine::Quarantine;
-use rules::{LoadOptions, LoadReport, RuleSet};
+use rules::{LoadReport, RuleSet};
 use uribl::Uribl;
 
 /// What the session does with a message.
@@ -85,205 +85,6 @@ impl Verdict {
                 action: "accept",
                 ..record::Findings::default()
             },
-        }
-    }
-}
-
-/// One rule symbol that counted.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Symbol {
-    pub name: String,
-    pub score: f64,
-    pub description: String,
-}
-
-/// The result of scanning one message.
-#[derive(Debug, Clone)]
-pub struct Scan {
-    pub symbols: Vec<Symbol>,
-    pub score: f64,
-    pub decision: Decision,
-    pub timed_out: bool,
-    pub elapsed: Duration,
-}
-
-impl Scan {
-    pub fn symbols_json(&self) -> serde_json::Value {
-        self.symbols
-            .iter()
-            .map(
-                |s| json!({"name": s.name, "score": round2(s.score), "description": s.description}),
-            )
-            .collect()
-    }
-
-    pub fn hit_names(&self) -> Vec<&str> {
-        self.symbols.iter().map(|s| s.name.as_str()).collect()
-    }
-}
-
-fn round2(x: f64) -> f64 {
-    (x * 100.0).round() / 100.0
-}
-
-/// Who sent a message, as far as the policy cares.
-#[derive(Debug, Clone, Default)]
-pub struct ScanContext {
-    pub ip: Option<IpAddr>,
-    pub helo: Option<String>,
-    pub from: String,
-    pub recipients: Vec<String>,
-    /// Symbols already set before the rules run (e.g. the sender authentication results).
-    pub preset: Vec<String>,
-    /// Scores for preset symbols given by the check that set them (e.g. a `[[dnsbl]]` or
-    /// `[[uribl]]` list's `score`); they win over the rule files' score.
-    pub preset_scores: HashMap<String, f64>,
-}
-
-impl ScanContext {
-    /// Adds the DNS block list hits (`[[dnsbl]]`, `[[uribl]]`) as preset symbols with their
-    /// configured scores.
-    pub fn add_list_hits(&mut self, hits: &[ListHit]) {
-        for hit in hits {
-            if !self.preset.contains(&hit.symbol) {
-                self.preset.push(hit.symbol.clone());
-            }
-            if let Some(score) = hit.score {
-                self.preset_scores.insert(hit.symbol.clone(), score);
-            }
-        }
-    }
-}
-
-/// Symbols the filter sets itself.
-pub const SYMBOL_MIME_MALFORMED: &str = "MIME_MALFORMED";
-pub const SYMBOL_SCAN_TIMEOUT: &str = "SCAN_TIMEOUT";
-pub const SYMBOL_ALLOWLIST: &str = "MW_ALLOWLIST";
-pub const SYMBOL_DENYLIST: &str = "MW_DENYLIST";
-
-/// The swappable part: a compiled rule set and the policy with its lists.
-pub struct Engine {
-    pub rules: RuleSet,
-    pub policy: Policy,
-    /// `[attachments]`: what the attachment checks look for (their symbols are preset).
-    pub attachments: AttachmentsConfig,
-}
-
-impl Engine {
-    /// Loads rules and lists; errors are file:line lines for the admin.
-    pub fn load(
-        rules: &RulesConfig,
-        policy: &PolicyConfig,
-        attachments: &AttachmentsConfig,
-    ) -> Result<Engine, Vec<String>> {
-        let options = LoadOptions {
-            score_set: rules.score_set,
-            ..LoadOptions::default()
-        };
-        // The default `rules` directory may be absent (the binary run from elsewhere than
-        // the source tree): then no rules run, loudly. A path the admin wrote must exist.
-        let default_paths = RulesConfig::default().paths;
-        let paths: Vec<PathBuf> = if rules.paths == default_paths
-            && rules.paths.iter().all(|p| !p.exists())
-        {
-            tracing::warn!(
-                "no rules loaded: the default rules directory ./rules does not exist here; set [rules] paths in the config (every message scores 0 until then)"
-            );
-            Vec::new()
-        } else {
-            rules.paths.clone()
-        };
-        let set = RuleSet::load(&paths, &options).map_err(|report| {
-            report
-                .errors
-                .iter()
-                .map(|d| d.to_string())
-                .collect::<Vec<_>>()
-        })?;
-        let policy = Policy::new(policy.clone()).map_err(|e| vec![e])?;
-        Ok(Engine {
-            rules: set,
-            policy,
-            attachments: attachments.clone(),
-        })
-    }
-
-    /// Scans one message. Blocking (CPU-bound): call it off the async reactor.
-    pub fn scan(&self, raw: Vec<u8>, ctx: &ScanContext, budget: Duration) -> Scan {
-        self.scan_message(Message::parse(raw), ctx, budget)
-    }
-
-    /// Like [`scan`](Self::scan), for a message parsed already (e.g. for its links).
-    pub fn scan_message(&self, message: Message, ctx: &ScanContext, budget: Duration) -> Scan {
-        let started = Instant::now();
-        let symbol = |name: &str| Symbol {
-            name: name.to_string(),
-            score: self.rules.score(name).unwrap_or(0.0),
-            description: self.rules.description(name).unwrap_or_default().to_string(),
-        };
-        if let Some((action, reason)) = self.policy.check_lists(ctx.ip, &ctx.from) {
-            let name = if action == PolicyAction::Accept {
-                SYMBOL_ALLOWLIST
-            } else {
-                SYMBOL_DENYLIST
-            };
-            let decision = Decision {
-                action,
-                score: 0.0,
-                required: self.policy.config.tag_score,
-                reason,
-                forced_by: Vec::new(),
-                subject_prefix: None,
-            };
-            return Scan {
-                symbols: vec![symbol(name)],
-                score: 0.0,
-                decision,
-                timed_out: false,
-                elapsed: started.elapsed(),
-            };
-        }
-        let mut preset: Vec<&str> = ctx.preset.iter().map(String::as_str).collect();
-        if !message.problems().is_empty() {
-            preset.push(SYMBOL_MIME_MALFORMED);
-        }
-        let found = attachments::analyse(&message, &self.attachments);
-        if !found.details.is_empty() {
-            tracing::debug!(findings = ?found.details, "attachment policy");
-        }
-        preset.extend(found.symbols.iter().copied());
-        let evaluation = self.rules.evaluate_with(
-            &message,
-            &preset,
-            &found.archive_names,
-            Some(started + budget),
-        );
-        let mut symbols: Vec<Symbol> = evaluation
-            .hits
-            .iter()
-            .map(|h| Symbol {
-                name: h.name.clone(),
-                score: ctx.preset_scores.get(&h.name).copied().unwrap_or(h.score),
-                description: h.description.clone(),
-            })
-            .collect();
-        if evaluation.timed_out {
-            symbols.push(symbol(SYMBOL_SCAN_TIMEOUT));
-        }
-        // `+ 0.0` turns the empty sum (-0.0) into 0.0.
-        let score = round2(symbols.iter().map(|s| s.score).sum::<f64>() + 0.0);
-        let names: Vec<&str> = symbols.iter().map(|s| s.name.as_str()).collect();
-        let decision = self
-            .policy
-            .decide_with(score, &names, &ctx.recipients, &|name| {
-                self.rules.action(name)
-            });
-        Scan {
-            symbols,
-            score,
-            decision,
-            timed_out: evaluation.timed_out,
-            elapsed: started.elapsed(),
         }
     }
 }
@@ -890,50 +691,5 @@ fn status_of(rules: &RuleSet) -> LoadStatus {
         rules: report.rules,
         skipped: report.skipped.len(),
         errors: Vec::new(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn engine(cf: &str) -> Result<Engine, Vec<String>> {
-        let dir = tempfile::tempdir().expect("tempdir");
-        std::fs::write(dir.path().join("local.cf"), cf).expect("write");
-        let rules = RulesConfig {
-            paths: vec![dir.path().to_path_buf()],
-            ..RulesConfig::default()
-        };
-        Engine::load(
-            &rules,
-            &PolicyConfig::default(),
-            &AttachmentsConfig::default(),
-        )
-    }
-
-    #[test]
-    fn rule_file_action_forces_the_verdict() {
-        let e =
-            engine("body MARK /zzqmarker/\nscore MARK 0.1\naction MARK reject\n").expect("load");
-        let ctx = ScanContext::default();
-        let budget = Duration::from_secs(5);
-        let hit = e.scan(b"Subject: x\r\n\r\nzzqmarker\r\n".to_vec(), &ctx, budget);
-        assert_eq!(hit.decision.action, PolicyAction::Reject);
-        assert_eq!(hit.decision.forced_by, vec!["MARK".to_string()]);
-        let miss = e.scan(b"Subject: x\r\n\r\nhello\r\n".to_vec(), &ctx, budget);
-        assert_eq!(miss.decision.action, PolicyAction::Accept);
-    }
-
-    #[test]
-    fn unknown_action_word_is_an_error_with_file_and_line() {
-        let errors = engine("body MARK /x/\n\naction MARK bounce\n")
-            .err()
-            .expect("error");
-        assert!(
-            errors
-                .iter()
-                .any(|e| e.contains("local.cf:3:") && e.contains("bounce")),
-            "{errors:?}"
-        );
     }
 }
