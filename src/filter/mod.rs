@@ -282,28 +282,31 @@ impl Filter {
                 None => None,
             }
         };
+        // The message is parsed once, off the async threads (a 25 MB message takes a while);
+        // the URI block lists need its links, and the scan reuses the parse.
         let uribl_fut = async {
             let raw = message.to_vec();
-            match &self.uribl {
-                Some(u) => {
-                    let parsed = tokio::task::spawn_blocking(move || {
-                        let (parsed, took) = timed_sync(|| Message::parse(raw));
-                        let domains = uribl::domains(parsed.uris());
-                        (parsed, took, domains)
-                    })
-                    .await;
-                    match parsed {
-                        Ok((parsed, took, domains)) => {
-                            let (hits, dns) = timed(u.check(&domains)).await;
-                            (Some((parsed, took)), Some((hits, dns)))
-                        }
-                        Err(e) => {
-                            tracing::warn!(id = %envelope.id, error = %e, "URIBL: link extraction failed; not checked");
-                            (None, None)
-                        }
-                    }
+            let want_links = self.uribl.is_some();
+            let parsed = tokio::task::spawn_blocking(move || {
+                let (parsed, took) = timed_sync(|| Message::parse(raw));
+                let domains = if want_links {
+                    uribl::domains(parsed.uris())
+                } else {
+                    Vec::new()
+                };
+                (parsed, took, domains)
+            })
+            .await;
+            match (parsed, &self.uribl) {
+                (Ok((parsed, took, domains)), Some(u)) => {
+                    let (hits, dns) = timed(u.check(&domains)).await;
+                    (Some((parsed, took)), Some((hits, dns)))
                 }
-                None => (Some(timed_sync(|| Message::parse(raw))), None),
+                (Ok((parsed, took, _)), None) => (Some((parsed, took)), None),
+                (Err(e), _) => {
+                    tracing::warn!(id = %envelope.id, error = %e, "message parse failed; links not checked, the scan parses again");
+                    (None, None)
+                }
             }
         };
         // clamd gets the message as it will be relayed, at the same time.
@@ -355,30 +358,38 @@ impl Filter {
         }
         let engine = self.engine();
         let budget = Duration::from_millis(self.rules_config.scan_timeout_ms);
-        let parsed = parsed.unwrap_or_else(|| {
-            let (parsed, took) = timed_sync(|| Message::parse(message.to_vec()));
-            timings.parse = Some(took);
-            parsed
-        });
+        // Parsed already, or (when that task failed) parsed in the scan task: never here.
+        let input = parsed.ok_or_else(|| message.to_vec());
         let _slot = self.scan_slots.acquire().await;
-        let scan =
-            match tokio::task::spawn_blocking(move || engine.scan_message(parsed, &ctx, budget))
-                .await
-            {
-                Ok(scan) => scan,
-                Err(e) => {
-                    tracing::error!(id = %envelope.id, error = %e, "scan failed; message deferred");
-                    return Verdict {
-                        action: Action::TempFail(crate::smtp::reply::local_error()),
-                        edits: HeaderEdits::default(),
-                        summary: "action=tempfail scan-failed".into(),
-                        findings: record::Findings {
-                            action: "tempfail",
-                            ..record::Findings::default()
-                        },
-                    };
+        let scan = match tokio::task::spawn_blocking(move || {
+            let (parsed, reparse) = match input {
+                Ok(parsed) => (parsed, None),
+                Err(raw) => {
+                    let (parsed, took) = timed_sync(|| Message::parse(raw));
+                    (parsed, Some(took))
                 }
             };
+            (engine.scan_message(parsed, &ctx, budget), reparse)
+        })
+        .await
+        {
+            Ok((scan, reparse)) => {
+                timings.parse = timings.parse.or(reparse);
+                scan
+            }
+            Err(e) => {
+                tracing::error!(id = %envelope.id, error = %e, "scan failed; message deferred");
+                return Verdict {
+                    action: Action::TempFail(crate::smtp::reply::local_error()),
+                    edits: HeaderEdits::default(),
+                    summary: "action=tempfail scan-failed".into(),
+                    findings: record::Findings {
+                        action: "tempfail",
+                        ..record::Findings::default()
+                    },
+                };
+            }
+        };
         timings.rules = Some(scan.elapsed);
         let mut verdict = self
             .verdict(envelope, message, scan, auth.as_ref(), av.as_ref())
