@@ -156,15 +156,22 @@ fn parse_helo_name(rest: &str, verb: &str) -> Result<String, Reply> {
         return Err(reply::bad_arguments(&format!("Syntax: {verb} hostname")));
     }
     let name = rest.split([' ', '\t']).next().unwrap_or(rest);
-    let printable = name
-        .bytes()
-        .all(|b| b.is_ascii_graphic() && !matches!(b, b'(' | b')' | b'<' | b'>' | b'\\' | b'"'));
-    if !printable || name.len() > 255 {
+    if !is_helo_name(name) {
         return Err(reply::bad_arguments(&format!(
             "Syntax: {verb} hostname (invalid host name)"
         )));
     }
     Ok(name.to_string())
+}
+
+/// Whether `name` may stand as a client's HELO name here and in the headers that echo it:
+/// one printable word of at most 255 octets, without the characters that would end a comment
+/// or an address in a header (also used for XCLIENT/XFORWARD `HELO=`).
+pub fn is_helo_name(name: &str) -> bool {
+    name.len() <= 255
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && !matches!(b, b'(' | b')' | b'<' | b'>' | b'\\' | b'"'))
 }
 
 /// Splits `FROM:<path> params` / `TO:<path> params` after the keyword.

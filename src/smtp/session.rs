@@ -268,18 +268,28 @@ impl Session {
         self.conn.reply(&Reply::from_lines(250, lines));
     }
 
+    /// Whether the client may use XCLIENT/XFORWARD (`[server] trusted_proxies`); refuses it
+    /// with `550 5.7.0` (Postfix's reply) when not.
+    fn may_name_the_client(&mut self, verb: &str) -> bool {
+        if self.services.is_trusted_proxy(self.client.addr.ip()) {
+            return true;
+        }
+        tracing::info!(client = %self.client.addr, "{verb} from a host not in [server] trusted_proxies; refused");
+        self.error(&Reply::new(
+            550,
+            "5.7.0",
+            "Error: insufficient authorization",
+        ));
+        false
+    }
+
     /// XCLIENT from a trusted proxy: the real client's address and HELO replace the proxy's,
     /// and the session starts over with a greeting (Postfix's XCLIENT_README). The check
     /// uses the client as the session knows it now, so after one XCLIENT the named client
     /// must itself be trusted to send another (as in Postfix).
     async fn xclient(&mut self, args: &str) {
-        if !self.services.is_trusted_proxy(self.client.addr.ip()) {
-            tracing::info!(client = %self.client.addr, "XCLIENT from a host not in [server] trusted_proxies; refused");
-            return self.error(&Reply::new(
-                550,
-                "5.7.0",
-                "Error: insufficient authorization",
-            ));
+        if !self.may_name_the_client("XCLIENT") {
+            return;
         }
         if self.txn.is_some() || self.bdat.is_some() {
             return self.error(&reply::bad_sequence("Error: MAIL transaction in progress"));
@@ -361,13 +371,8 @@ impl Session {
     /// XFORWARD from a trusted proxy (Postfix's `smtpd_proxy_filter`): the client's identity
     /// for the next transaction, which starts with MAIL. Postfix's XFORWARD_README.
     fn xforward(&mut self, args: &str) {
-        if !self.services.is_trusted_proxy(self.client.addr.ip()) {
-            tracing::info!(client = %self.client.addr, "XFORWARD from a host not in [server] trusted_proxies; refused");
-            return self.error(&Reply::new(
-                550,
-                "5.7.0",
-                "Error: insufficient authorization",
-            ));
+        if !self.may_name_the_client("XFORWARD") {
+            return;
         }
         if self.txn.is_some() {
             return self.error(&reply::bad_sequence("Error: MAIL transaction in progress"));

@@ -124,10 +124,7 @@ pub fn parse_for(verb: Verb, args: &str) -> Result<Update, Reply> {
                 )
             }
             "HELO" => {
-                let printable = value.bytes().all(|b| {
-                    b.is_ascii_graphic() && !matches!(b, b'(' | b')' | b'<' | b'>' | b'\\' | b'"')
-                });
-                if !printable || value.len() > 255 {
+                if !super::command::is_helo_name(&value) {
                     return Err(bad("HELO is not a host name".into()));
                 }
                 update.helo = Some(value);
