@@ -66,9 +66,14 @@ async fn upstream(services: &Services) -> Result<String, String> {
         Relay::Maildir(_) => return Ok("Maildir delivery, no upstream needed".into()),
         Relay::Smtp(smtp) => smtp,
     };
-    let address = smtp.settings.address.clone();
+    upstream_greets(&smtp.settings.address, CHECK_TIMEOUT).await
+}
+
+/// Connects to the upstream SMTP server at `address`, reads its greeting (which must be
+/// 220, possibly multi-line) within `limit`, and says QUIT. Also the start-up probe.
+pub async fn upstream_greets(address: &str, limit: Duration) -> Result<String, String> {
     let check = async {
-        let stream = TcpStream::connect(&address)
+        let stream = TcpStream::connect(address)
             .await
             .map_err(|e| format!("{address}: {e}"))?;
         let mut reader = BufReader::new(stream);
@@ -93,9 +98,9 @@ async fn upstream(services: &Services) -> Result<String, String> {
         let _ = reader.get_mut().write_all(b"QUIT\r\n").await;
         Ok(format!("{address} greets"))
     };
-    match tokio::time::timeout(CHECK_TIMEOUT, check).await {
+    match tokio::time::timeout(limit, check).await {
         Ok(result) => result,
-        Err(_) => Err(format!("{address}: no greeting within {CHECK_TIMEOUT:?}")),
+        Err(_) => Err(format!("{address}: no greeting within {limit:?}")),
     }
 }
 

@@ -281,19 +281,14 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
 /// Tells the admin at start-up if the upstream cannot be reached (not fatal: the MTA may
 /// start later; until then clients get 451 and retry).
 async fn probe_upstream(settings: Arc<UpstreamSettings>) {
-    match tokio::time::timeout(
-        settings.connect_timeout,
-        TcpStream::connect(&settings.address),
-    )
-    .await
-    {
-        Ok(Ok(_)) => tracing::info!(upstream = %settings.address, "upstream reachable"),
-        Ok(Err(e)) => {
-            tracing::warn!(upstream = %settings.address, error = %e, "upstream not reachable now; clients get 451 4.4.1 until it is")
-        }
-        Err(_) => {
-            tracing::warn!(upstream = %settings.address, "upstream connect timed out; clients get 451 4.4.1 until it answers")
-        }
+    // The same check as /readyz, with the connect timeout the relay itself uses.
+    match health::upstream_greets(&settings.address, settings.connect_timeout).await {
+        Ok(_) => tracing::info!(upstream = %settings.address, "upstream reachable"),
+        Err(e) => tracing::warn!(
+            upstream = %settings.address,
+            error = %e,
+            "upstream not answering now; clients get 451 4.4.1 until it does"
+        ),
     }
 }
 
