@@ -197,11 +197,12 @@ fn send(p: &Proxy, message: &[u8]) -> support::Reply {
 
 /// Waits (up to 5 s) for the proxy's log to contain `needle`; returns the log.
 fn log_with(p: &Proxy, needle: &str) -> String {
-    support::wait_until(Duration::from_secs(5), || {
-        let log = p.log();
-        log.contains(needle).then_some(log)
-    })
-    .unwrap_or_else(|| panic!("the proxy log never contained {needle:?}:\n{}", p.log()))
+    let log = p.wait_for_log(needle);
+    assert!(
+        log.contains(needle),
+        "the proxy log never contained {needle:?}:\n{log}"
+    );
+    log
 }
 
 fn assert_virus_rejected(p: &Proxy, r: &support::Reply, what: &str) {
