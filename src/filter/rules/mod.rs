@@ -40,6 +40,9 @@ pub struct LoadOptions {
     /// parts of mailwarden provide, so `ifplugin` sections for them are read. ReplaceTags and
     /// MIMEHeader are always provided (implemented here).
     pub plugins: Vec<String>,
+    /// Also run rules whose score is 0 (normally not run, as in SpamAssassin), so that
+    /// `rules fit` sees every rule's hits; their hits score 0.
+    pub run_zero_scored: bool,
 }
 
 /// A problem found while loading, with where it is.
@@ -179,6 +182,8 @@ pub struct RuleSet {
     actions: HashMap<String, crate::config::Action>,
     /// Scored, active rules (not `__`), sorted.
     scored: Vec<String>,
+    /// Names with `tflags NAME nice` (their hits are evidence of ham).
+    nice: HashSet<String>,
     tests: Vec<Test>,
     metas: Vec<MetaRule>,
     sources: Vec<HeaderSource>,
@@ -289,16 +294,17 @@ impl RuleSet {
             return Err(report);
         }
         replace::apply(&mut defs);
-        let set = Self::build(defs, options.score_set, report, started);
+        let set = Self::build(defs, options, report, started);
         Ok(set)
     }
 
     fn build(
         defs: Defs,
-        score_set: usize,
+        options: &LoadOptions,
         mut report: LoadReport,
         started: std::time::Instant,
     ) -> RuleSet {
+        let score_set = options.score_set;
         let mut names: Vec<String> = Vec::new();
         let mut ids: HashMap<String, usize> = HashMap::new();
         let mut intern = |n: &str, names: &mut Vec<String>| -> usize {
@@ -347,7 +353,8 @@ impl RuleSet {
 
         for (name, def) in &defs.rules {
             let id = ids.get(name.as_str()).copied().unwrap_or(0);
-            let explicit_zero = !name.starts_with("__")
+            let explicit_zero = !options.run_zero_scored
+                && !name.starts_with("__")
                 && defs.scores.get(name).is_some_and(|s| s[score_set] == 0.0);
             if let RuleKind::Skipped { .. } = def.kind {
                 continue;
@@ -625,6 +632,12 @@ impl RuleSet {
             .cloned()
             .collect();
         scored.sort();
+        let nice: HashSet<String> = defs
+            .tflags
+            .keys()
+            .filter(|n| tflags(&defs, n).nice)
+            .cloned()
+            .collect();
         report.rules = tests.len() + metas.len() + keyword_count;
         report.by_kind = by_kind;
         report.load_time = started.elapsed();
@@ -636,6 +649,7 @@ impl RuleSet {
             descriptions: defs.describe,
             actions: defs.actions,
             scored,
+            nice,
             tests,
             metas,
             sources,
@@ -665,6 +679,11 @@ impl RuleSet {
 
     pub fn description(&self, name: &str) -> Option<&str> {
         self.descriptions.get(name).map(String::as_str)
+    }
+
+    /// Whether `name` has `tflags nice` (a sign of ham: the only rules that may score < 0).
+    pub fn is_nice(&self, name: &str) -> bool {
+        self.nice.contains(name)
     }
 
     /// Scored (non-`__`), active rules, sorted by name.
@@ -792,7 +811,7 @@ mod tests {
             &[],
             &LoadOptions {
                 score_set: 4,
-                plugins: vec![],
+                ..LoadOptions::default()
             },
         );
         assert!(bad_set.is_err());
@@ -832,10 +851,45 @@ mod tests {
             &[dir.path().join("10_a.cf")],
             &LoadOptions {
                 score_set: 2,
-                plugins: vec![],
+                ..LoadOptions::default()
             },
         )
         .unwrap();
         assert_eq!(set.score("A"), Some(3.0));
+    }
+
+    #[test]
+    fn zero_scored_rules_run_only_when_asked_and_nice_is_known() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = write(
+            dir.path(),
+            "a.cf",
+            "body Z /zz/
+score Z 0
+meta M Z
+score M 1
+body N /nn/
+tflags N nice
+",
+        );
+        let message =
+            crate::filter::message::Message::parse(b"Subject: x\r\n\r\nzz nn\r\n".to_vec());
+        let names = |set: &RuleSet| -> Vec<String> {
+            set.evaluate(&message, &[], None)
+                .hits
+                .into_iter()
+                .map(|h| h.name)
+                .collect()
+        };
+        let normal = RuleSet::load(std::slice::from_ref(&p), &LoadOptions::default()).unwrap();
+        assert_eq!(names(&normal), ["N"]);
+        let all = LoadOptions {
+            run_zero_scored: true,
+            ..LoadOptions::default()
+        };
+        let fit = RuleSet::load(&[p], &all).unwrap();
+        assert_eq!(names(&fit), ["M", "N", "Z"]);
+        assert_eq!(fit.score("Z"), Some(0.0));
+        assert!(fit.is_nice("N") && !fit.is_nice("Z"));
     }
 }
