@@ -14,11 +14,13 @@ mod attachments;
 mod auth;
 mod blocklist;
 mod clamav;
+mod classifier;
 mod filter;
 pub use attachments::AttachmentsConfig;
 pub use auth::{AuthConfig, DnsConfig};
 pub use blocklist::{BlockListConfig, default_blocked_codes};
 pub use clamav::{ClamavConfig, ClamdAddress, OnError, OnVirus};
+pub use classifier::ClassifierConfig;
 /// A `[[dnsbl]]` table.
 pub type DnsblConfig = BlockListConfig;
 /// A `[[uribl]]` table (the same keys as `[[dnsbl]]`).
@@ -62,6 +64,9 @@ pub struct Config {
     /// `[attachments]`: the attachment policy (blocked extensions, zip archives).
     #[serde(default)]
     pub attachments: AttachmentsConfig,
+    /// `[classifier]`: the learning classifier (Bayes) and its model file.
+    #[serde(default)]
+    pub classifier: ClassifierConfig,
 }
 
 /// `[server]`: the inbound SMTP listener and its limits.
@@ -401,6 +406,9 @@ impl Config {
         self.validate_policy(&mut p);
         self.validate_auth(&mut p);
         if let Err(e) = self.clamav.validate() {
+            p.list.push(format!("{origin}: {e}"));
+        }
+        if let Err(e) = self.classifier.validate() {
             p.list.push(format!("{origin}: {e}"));
         }
         if p.list.is_empty() {

@@ -13,6 +13,7 @@
 pub mod attachments;
 pub mod auth;
 pub mod blocklist;
+pub mod classifier;
 pub mod clamav;
 pub mod dnsbl;
 pub mod engine;

@@ -66,6 +66,14 @@ pub struct Metrics {
     pub rules_reload_timestamp: IntGauge,
     pub rules_reload_success: IntGauge,
     pub rules_reloads: IntCounterVec,
+    // Classifier.
+    pub classifier_learns: IntCounterVec,
+    pub classifier_learned: IntGaugeVec,
+    pub classifier_probability: Histogram,
+    pub classifier_failures: IntCounter,
+    pub classifier_autolearn_dropped: IntCounter,
+    pub classifier_store_bytes: IntGauge,
+    pub classifier_used_slots: IntGauge,
     pub build_info: IntGaugeVec,
 }
 
@@ -152,6 +160,12 @@ impl Metrics {
                 .borrow_mut()
                 .push(format!("mailwarden_scan_duration_seconds{suffix}"));
         }
+        let gauge_vec = |name: &str, help: &str, labels: &[&str]| {
+            let g =
+                IntGaugeVec::new(Opts::new(name, help), labels).unwrap_or_else(|e| bug(name, e));
+            register(&registry, Box::new(g.clone()), name);
+            g
+        };
         let build_info = IntGaugeVec::new(
             Opts::new(
                 "mailwarden_build_info",
@@ -303,6 +317,37 @@ impl Metrics {
                 "Rule load attempts by result (ok, failed).",
                 &["result"],
             ),
+            classifier_learns: counter_vec(
+                "mailwarden_classifier_learns_total",
+                "Messages learned by the classifier, by class (spam, ham) and source (cli: mailwarden learn, autolearn), as counted in its store.",
+                &["class", "source"],
+            ),
+            classifier_learned: gauge_vec(
+                "mailwarden_classifier_learned_messages",
+                "Messages the classifier's model holds now, by class (spam, ham).",
+                &["class"],
+            ),
+            classifier_probability: histogram(
+                "mailwarden_classifier_probability",
+                "Spam probability the classifier gave the messages it scored.",
+                vec![0.01, 0.05, 0.2, 0.4, 0.6, 0.8, 0.95, 0.99, 0.999, 1.0],
+            ),
+            classifier_failures: counter(
+                "mailwarden_classifier_failures_total",
+                "Messages the classifier could not score because its store could not be read (BAYES_FAIL), and failed autolearn writes.",
+            ),
+            classifier_autolearn_dropped: counter(
+                "mailwarden_classifier_autolearn_dropped_total",
+                "Messages not autolearned because the autolearn queue was full.",
+            ),
+            classifier_store_bytes: gauge(
+                "mailwarden_classifier_store_bytes",
+                "Size of the classifier's store on disk (with its write-ahead log).",
+            ),
+            classifier_used_slots: gauge(
+                "mailwarden_classifier_used_slots",
+                "Slots of the fixed-size classifier model holding any count.",
+            ),
             build_info,
             registry,
             names: Vec::new(),
@@ -342,6 +387,12 @@ impl Metrics {
         }
         for handling in ["tempfail", "accept"] {
             m.clamav_failures.with_label_values(&[handling]);
+        }
+        for class in ["spam", "ham"] {
+            m.classifier_learned.with_label_values(&[class]);
+            for source in ["cli", "autolearn"] {
+                m.classifier_learns.with_label_values(&[class, source]);
+            }
         }
         for check in ["spf", "dmarc"] {
             m.dns_errors.with_label_values(&[check]);

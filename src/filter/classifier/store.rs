@@ -1,0 +1,598 @@
+//! Where the classifier's model lives: one trait, and the embedded SQLite store behind it.
+//!
+//! The trait is what the classifier needs from any store — the slots changed since the last
+//! look, and an atomic "apply these learned and forgotten messages" — so a Redis store for
+//! several nodes can implement the same two calls (with a Lua script for the atomic part).
+//!
+//! The embedded store is one SQLite file (WAL mode: `-wal` and `-shm` beside it while it is in
+//! use). `mailwarden learn` writes it while `serve` reads it from another process; SQLite's locks
+//! order them, and each batch of learned messages is one transaction, so a `kill -9` at any
+//! moment leaves the model as it was before or after that batch, with its seen-digests in step.
+//! Each changed slot carries the generation that changed it, so a running proxy reads only
+//! what changed since its last look. The file holds at most `SLOTS` slot rows (fixed-size model)
+//! and `max_seen` digests (oldest dropped first).
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, params};
+
+use super::bayes::{Counts, SLOTS, slot};
+
+/// Spam or ham.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Class {
+    Spam,
+    Ham,
+}
+
+impl Class {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Class::Spam => "spam",
+            Class::Ham => "ham",
+        }
+    }
+
+    fn code(self) -> i64 {
+        match self {
+            Class::Spam => 1,
+            Class::Ham => 0,
+        }
+    }
+
+    fn from_code(code: i64) -> Class {
+        if code == 1 { Class::Spam } else { Class::Ham }
+    }
+}
+
+/// Who asked for a learn (`mailwarden_classifier_learns_total{source}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Source {
+    /// `mailwarden learn`.
+    Cli,
+    /// The proxy, for a message that scored clearly one way.
+    Autolearn,
+}
+
+impl Source {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Cli => "cli",
+            Source::Autolearn => "autolearn",
+        }
+    }
+
+    pub const ALL: [Source; 2] = [Source::Cli, Source::Autolearn];
+}
+
+/// What to do with one message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    Learn(Class),
+    Forget,
+}
+
+/// One message to learn or forget: its digest (for "once only") and its feature hashes.
+#[derive(Debug, Clone)]
+pub struct Item {
+    pub digest: [u8; 32],
+    pub op: Op,
+    pub hashes: Vec<u64>,
+}
+
+/// What a batch did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Applied {
+    /// Learned for the first time.
+    pub learned: u64,
+    /// Learned before as the same class: nothing changed.
+    pub already: u64,
+    /// Learned before as the other class: moved.
+    pub moved: u64,
+    pub forgotten: u64,
+    /// Asked to forget but never learned.
+    pub unknown: u64,
+}
+
+/// The model's totals and version.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Meta {
+    /// Increases with every change; a reader asks for what changed after the one it has.
+    pub generation: u64,
+    /// Identifies this store file (a new file starts again at generation 0).
+    pub created: u64,
+    pub spam: u64,
+    pub ham: u64,
+    /// Unix time of the last change (0: never).
+    pub updated: u64,
+}
+
+/// `learn --stats`.
+#[derive(Debug, Clone, Default)]
+pub struct Stats {
+    pub meta: Meta,
+    pub used_slots: u64,
+    pub seen: u64,
+    /// Size of the store on disk (with its WAL), bytes.
+    pub bytes: u64,
+    pub learns: BTreeMap<(Source, Class), u64>,
+    pub forgets: u64,
+    pub location: String,
+}
+
+/// Why the store cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreError {
+    /// Not a model file, or a damaged one.
+    Corrupt { path: PathBuf, detail: String },
+    /// A model made by another version (different format or slot count).
+    Incompatible { path: PathBuf, detail: String },
+    /// Cannot be opened, read or written (permissions, disk full, locked too long).
+    Io { path: PathBuf, detail: String },
+}
+
+impl fmt::Display for StoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StoreError::Corrupt { path, detail } => write!(
+                f,
+                "classifier store {p} is damaged or not a model file ({detail}): move it away (mv {p} {p}.broken) and start again to begin with an empty model, then relearn with `mailwarden learn`; or set [classifier] enabled = false",
+                p = path.display()
+            ),
+            StoreError::Incompatible { path, detail } => write!(
+                f,
+                "classifier store {p} was made by another version of mailwarden ({detail}): move it away (mv {p} {p}.old) and relearn with `mailwarden learn`",
+                p = path.display()
+            ),
+            StoreError::Io { path, detail } => write!(
+                f,
+                "classifier store {}: {detail} (check that the file and its directory are readable and writable by mailwarden, and the disk has space)",
+                path.display()
+            ),
+        }
+    }
+}
+
+impl std::error::Error for StoreError {}
+
+/// A model store: the embedded file here; Redis for several nodes.
+pub trait Store: Send + Sync {
+    /// The totals and every slot changed after generation `since` (all of them for 0).
+    fn changes(&self, since: u64) -> Result<(Meta, Vec<(u32, Counts)>), StoreError>;
+    /// Learns and forgets `items` in one atomic step.
+    fn apply(&self, items: &[Item], source: Source) -> Result<Applied, StoreError>;
+    fn stats(&self) -> Result<Stats, StoreError>;
+}
+
+/// The on-disk format this code reads and writes.
+const FORMAT: i64 = 1;
+
+/// The embedded store: one SQLite file.
+pub struct SqliteStore {
+    path: PathBuf,
+    conn: Mutex<Connection>,
+    max_seen: u64,
+}
+
+fn classify_error(path: &Path, e: &rusqlite::Error) -> StoreError {
+    let detail = e.to_string();
+    let path = path.to_path_buf();
+    match e.sqlite_error_code() {
+        Some(ErrorCode::NotADatabase | ErrorCode::DatabaseCorrupt) => {
+            StoreError::Corrupt { path, detail }
+        }
+        _ => StoreError::Io { path, detail },
+    }
+}
+
+impl SqliteStore {
+    /// Opens the store at `path`, creating it when `create` and it does not exist. Checks
+    /// that it is an intact model of this version.
+    pub fn open(path: &Path, create: bool, max_seen: u64) -> Result<SqliteStore, StoreError> {
+        let err = |e: rusqlite::Error| classify_error(path, &e);
+        let mut flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        if create {
+            flags |= OpenFlags::SQLITE_OPEN_CREATE;
+        }
+        let conn = Connection::open_with_flags(path, flags).map_err(err)?;
+        // Learn and serve wait for each other's write locks instead of failing.
+        conn.busy_timeout(Duration::from_secs(10)).map_err(err)?;
+        let integrity: String = conn
+            .query_row("PRAGMA quick_check", [], |r| r.get(0))
+            .map_err(err)?;
+        if integrity != "ok" {
+            return Err(StoreError::Corrupt {
+                path: path.to_path_buf(),
+                detail: integrity,
+            });
+        }
+        let mode: String = conn
+            .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
+            .map_err(err)?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            tracing::warn!(store = %path.display(), mode, "classifier store is not in WAL mode; learning may briefly block scans");
+        }
+        // NORMAL in WAL mode: a crash of the process never loses a commit; a power cut may
+        // lose the last ones, never corrupts.
+        conn.execute_batch("PRAGMA synchronous=NORMAL;")
+            .map_err(err)?;
+        let store = SqliteStore {
+            path: path.to_path_buf(),
+            conn: Mutex::new(conn),
+            max_seen,
+        };
+        store.init()?;
+        Ok(store)
+    }
+
+    fn err(&self, e: rusqlite::Error) -> StoreError {
+        classify_error(&self.path, &e)
+    }
+
+    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Creates the tables of a new store; checks the format of an existing one.
+    fn init(&self) -> Result<(), StoreError> {
+        let mut conn = self.conn();
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(|e| self.err(e))?;
+        tx.execute_batch(
+            "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+             CREATE TABLE IF NOT EXISTS slots (slot INTEGER PRIMARY KEY, spam INTEGER NOT NULL,
+                 ham INTEGER NOT NULL, gen INTEGER NOT NULL);
+             CREATE INDEX IF NOT EXISTS slots_gen ON slots(gen);
+             CREATE TABLE IF NOT EXISTS seen (digest BLOB PRIMARY KEY, class INTEGER NOT NULL,
+                 at INTEGER NOT NULL);
+             CREATE INDEX IF NOT EXISTS seen_at ON seen(at);",
+        )
+        .map_err(|e| self.err(e))?;
+        let created = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_nanos() as i64);
+        for (key, value) in [
+            ("format", FORMAT),
+            ("slots", SLOTS as i64),
+            ("generation", 0),
+            ("created", created),
+            ("spam", 0),
+            ("ham", 0),
+            ("updated", 0),
+            ("seen", 0),
+        ] {
+            tx.execute(
+                "INSERT OR IGNORE INTO meta (key, value) VALUES (?1, ?2)",
+                params![key, value],
+            )
+            .map_err(|e| self.err(e))?;
+        }
+        let meta = read_meta(&tx).map_err(|e| self.err(e))?;
+        for (key, want) in [("format", FORMAT), ("slots", SLOTS as i64)] {
+            let have = meta.get(key).copied().unwrap_or(-1);
+            if have != want {
+                return Err(StoreError::Incompatible {
+                    path: self.path.clone(),
+                    detail: format!("{key} is {have}, this version uses {want}"),
+                });
+            }
+        }
+        tx.commit().map_err(|e| self.err(e))
+    }
+}
+
+fn read_meta(conn: &Connection) -> rusqlite::Result<HashMap<String, i64>> {
+    let mut stmt = conn.prepare_cached("SELECT key, value FROM meta")?;
+    let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
+    rows.collect()
+}
+
+fn meta_of(values: &HashMap<String, i64>) -> Meta {
+    let get = |k: &str| values.get(k).copied().unwrap_or(0).max(0) as u64;
+    Meta {
+        generation: get("generation"),
+        created: get("created"),
+        spam: get("spam"),
+        ham: get("ham"),
+        updated: get("updated"),
+    }
+}
+
+fn learns_key(source: Source, class: Class) -> String {
+    format!("learns.{}.{}", source.as_str(), class.as_str())
+}
+
+/// Per-slot count changes of a batch.
+#[derive(Default)]
+struct Deltas {
+    slots: HashMap<u32, (i64, i64)>,
+    totals: [i64; 2],
+}
+
+impl Deltas {
+    fn add(&mut self, hashes: &[u64], class: Class, sign: i64) {
+        let mut slots: Vec<u32> = hashes.iter().map(|&h| slot(h)).collect();
+        slots.sort_unstable();
+        slots.dedup();
+        for s in slots {
+            let d = self.slots.entry(s).or_default();
+            match class {
+                Class::Spam => d.0 += sign,
+                Class::Ham => d.1 += sign,
+            }
+        }
+        self.totals[class.code() as usize] += sign;
+    }
+}
+
+impl Store for SqliteStore {
+    fn changes(&self, since: u64) -> Result<(Meta, Vec<(u32, Counts)>), StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(|e| self.err(e))?;
+        let meta = meta_of(&read_meta(&tx).map_err(|e| self.err(e))?);
+        let mut out = Vec::new();
+        {
+            let mut stmt = tx
+                .prepare_cached("SELECT slot, spam, ham FROM slots WHERE gen > ?1")
+                .map_err(|e| self.err(e))?;
+            let rows = stmt
+                .query_map(params![since as i64], |r| {
+                    Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
+                })
+                .map_err(|e| self.err(e))?;
+            for row in rows {
+                let (s, spam, ham) = row.map_err(|e| self.err(e))?;
+                let counts = Counts {
+                    spam: spam.clamp(0, i64::from(u32::MAX)) as u32,
+                    ham: ham.clamp(0, i64::from(u32::MAX)) as u32,
+                };
+                if (0..SLOTS as i64).contains(&s) {
+                    out.push((s as u32, counts));
+                }
+            }
+        }
+        tx.commit().map_err(|e| self.err(e))?;
+        Ok((meta, out))
+    }
+
+    fn apply(&self, items: &[Item], source: Source) -> Result<Applied, StoreError> {
+        let mut conn = self.conn();
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(|e| self.err(e))?;
+        let values = read_meta(&tx).map_err(|e| self.err(e))?;
+        let meta = meta_of(&values);
+        let generation = meta.generation as i64 + 1;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        let mut applied = Applied::default();
+        let mut deltas = Deltas::default();
+        let mut learns: BTreeMap<Class, i64> = BTreeMap::new();
+        let mut seen_delta = 0i64;
+        {
+            let mut find = tx
+                .prepare_cached("SELECT class FROM seen WHERE digest = ?1")
+                .map_err(|e| self.err(e))?;
+            let mut upsert = tx
+                .prepare_cached(
+                    "INSERT INTO seen (digest, class, at) VALUES (?1, ?2, ?3)
+                     ON CONFLICT(digest) DO UPDATE SET class = excluded.class, at = excluded.at",
+                )
+                .map_err(|e| self.err(e))?;
+            let mut delete = tx
+                .prepare_cached("DELETE FROM seen WHERE digest = ?1")
+                .map_err(|e| self.err(e))?;
+            for item in items {
+                let before: Option<Class> = find
+                    .query_row(params![&item.digest[..]], |r| r.get::<_, i64>(0))
+                    .optional()
+                    .map_err(|e| self.err(e))?
+                    .map(Class::from_code);
+                match (item.op, before) {
+                    (Op::Learn(class), None) => {
+                        deltas.add(&item.hashes, class, 1);
+                        upsert
+                            .execute(params![&item.digest[..], class.code(), now])
+                            .map_err(|e| self.err(e))?;
+                        applied.learned += 1;
+                        seen_delta += 1;
+                        *learns.entry(class).or_default() += 1;
+                    }
+                    (Op::Learn(class), Some(was)) if was == class => applied.already += 1,
+                    (Op::Learn(class), Some(was)) => {
+                        deltas.add(&item.hashes, was, -1);
+                        deltas.add(&item.hashes, class, 1);
+                        upsert
+                            .execute(params![&item.digest[..], class.code(), now])
+                            .map_err(|e| self.err(e))?;
+                        applied.moved += 1;
+                        *learns.entry(class).or_default() += 1;
+                    }
+                    (Op::Forget, Some(was)) => {
+                        deltas.add(&item.hashes, was, -1);
+                        delete
+                            .execute(params![&item.digest[..]])
+                            .map_err(|e| self.err(e))?;
+                        applied.forgotten += 1;
+                        seen_delta -= 1;
+                    }
+                    (Op::Forget, None) => applied.unknown += 1,
+                }
+            }
+            let mut write = tx
+                .prepare_cached(
+                    "INSERT INTO slots (slot, spam, ham, gen) VALUES (?1, max(0, ?2), max(0, ?3), ?4)
+                     ON CONFLICT(slot) DO UPDATE SET spam = max(0, spam + ?2),
+                         ham = max(0, ham + ?3), gen = ?4",
+                )
+                .map_err(|e| self.err(e))?;
+            for (s, (spam, ham)) in &deltas.slots {
+                if *spam != 0 || *ham != 0 {
+                    write
+                        .execute(params![i64::from(*s), spam, ham, generation])
+                        .map_err(|e| self.err(e))?;
+                }
+            }
+        }
+        let changed = applied.learned + applied.moved + applied.forgotten > 0;
+        if changed {
+            let set = |key: &str, value: i64| {
+                tx.execute(
+                    "INSERT INTO meta (key, value) VALUES (?1, ?2)
+                     ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                    params![key, value],
+                )
+                .map(|_| ())
+            };
+            let get = |key: &str| values.get(key).copied().unwrap_or(0);
+            let seen = (get("seen") + seen_delta).max(0);
+            set("generation", generation).map_err(|e| self.err(e))?;
+            set("spam", (get("spam") + deltas.totals[1]).max(0)).map_err(|e| self.err(e))?;
+            set("ham", (get("ham") + deltas.totals[0]).max(0)).map_err(|e| self.err(e))?;
+            set("updated", now).map_err(|e| self.err(e))?;
+            set("seen", seen).map_err(|e| self.err(e))?;
+            for (class, n) in &learns {
+                let key = learns_key(source, *class);
+                set(&key, get(&key) + n).map_err(|e| self.err(e))?;
+            }
+            if applied.forgotten > 0 {
+                set("forgets", get("forgets") + applied.forgotten as i64)
+                    .map_err(|e| self.err(e))?;
+            }
+            // Bounded: the oldest digests go (those messages can no longer be forgotten, and
+            // learning one of them again would count it twice — after max_seen newer ones).
+            let excess = seen - self.max_seen as i64;
+            if excess > 0 {
+                tx.execute(
+                    "DELETE FROM seen WHERE digest IN (SELECT digest FROM seen ORDER BY at LIMIT ?1)",
+                    params![excess],
+                )
+                .map_err(|e| self.err(e))?;
+                set("seen", self.max_seen as i64).map_err(|e| self.err(e))?;
+            }
+        }
+        tx.commit().map_err(|e| self.err(e))?;
+        Ok(applied)
+    }
+
+    fn stats(&self) -> Result<Stats, StoreError> {
+        let conn = self.conn();
+        let values = read_meta(&conn).map_err(|e| self.err(e))?;
+        let used: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM slots WHERE spam > 0 OR ham > 0",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(|e| self.err(e))?;
+        let mut learns = BTreeMap::new();
+        for source in Source::ALL {
+            for class in [Class::Spam, Class::Ham] {
+                let n = values.get(&learns_key(source, class)).copied().unwrap_or(0);
+                learns.insert((source, class), n.max(0) as u64);
+            }
+        }
+        let size = |p: &Path| std::fs::metadata(p).map_or(0, |m| m.len());
+        let wal = PathBuf::from(format!("{}-wal", self.path.display()));
+        Ok(Stats {
+            meta: meta_of(&values),
+            used_slots: used.max(0) as u64,
+            seen: values.get("seen").copied().unwrap_or(0).max(0) as u64,
+            bytes: size(&self.path) + size(&wal),
+            learns,
+            forgets: values.get("forgets").copied().unwrap_or(0).max(0) as u64,
+            location: self.path.display().to_string(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn item(n: u8, op: Op, hashes: &[u64]) -> Item {
+        Item {
+            digest: [n; 32],
+            op,
+            hashes: hashes.to_vec(),
+        }
+    }
+
+    #[test]
+    fn learn_twice_counts_once_relearn_moves_forget_undoes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("c.db");
+        let store = SqliteStore::open(&path, true, 10_000).expect("open");
+        let spam = Op::Learn(Class::Spam);
+        let a = store
+            .apply(&[item(1, spam, &[10, 11]), item(1, spam, &[10, 11])], Source::Cli)
+            .expect("apply");
+        assert_eq!((a.learned, a.already), (1, 1));
+        let (meta, rows) = store.changes(0).expect("changes");
+        assert_eq!((meta.spam, meta.ham, rows.len()), (1, 0, 2));
+        let moved = store
+            .apply(&[item(1, Op::Learn(Class::Ham), &[10, 11])], Source::Cli)
+            .expect("apply");
+        assert_eq!(moved.moved, 1);
+        let (meta, rows) = store.changes(meta.generation).expect("changes");
+        assert_eq!((meta.spam, meta.ham), (0, 1));
+        assert!(rows.iter().all(|(_, c)| c.spam == 0 && c.ham == 1), "{rows:?}");
+        let f = store
+            .apply(&[item(1, Op::Forget, &[10, 11]), item(2, Op::Forget, &[1])], Source::Cli)
+            .expect("apply");
+        assert_eq!((f.forgotten, f.unknown), (1, 1));
+        let stats = store.stats().expect("stats");
+        assert_eq!((stats.meta.spam, stats.meta.ham, stats.seen, stats.used_slots), (0, 0, 0, 0));
+        assert_eq!(stats.learns.get(&(Source::Cli, Class::Spam)), Some(&1));
+        assert_eq!(stats.forgets, 1);
+    }
+
+    #[test]
+    fn reopening_keeps_the_model() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("c.db");
+        {
+            let store = SqliteStore::open(&path, true, 10_000).expect("open");
+            store
+                .apply(&[item(1, Op::Learn(Class::Ham), &[5])], Source::Autolearn)
+                .expect("apply");
+        }
+        let store = SqliteStore::open(&path, false, 10_000).expect("reopen");
+        let (meta, rows) = store.changes(0).expect("changes");
+        assert_eq!((meta.ham, rows.len()), (1, 1));
+    }
+
+    #[test]
+    fn a_file_that_is_not_a_model_is_corrupt_and_named() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("c.db");
+        std::fs::write(&path, vec![0x42u8; 8192]).expect("write");
+        let err = SqliteStore::open(&path, true, 10_000).err().expect("error");
+        assert!(matches!(err, StoreError::Corrupt { .. }), "{err:?}");
+        let text = err.to_string();
+        assert!(text.contains("c.db") && text.contains("mv "), "{text}");
+    }
+
+    #[test]
+    fn a_missing_file_is_not_created_unless_asked() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("absent.db");
+        assert!(SqliteStore::open(&path, false, 10_000).is_err());
+        assert!(!path.exists());
+    }
+
+    #[test]
+    fn seen_digests_are_bounded() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = SqliteStore::open(&dir.path().join("c.db"), true, 3).expect("open");
+        let items: Vec<Item> = (0..5).map(|n| item(n, Op::Learn(Class::Spam), &[1])).collect();
+        store.apply(&items, Source::Cli).expect("apply");
+        assert_eq!(store.stats().expect("stats").seen, 3);
+    }
+}
