@@ -13,6 +13,7 @@
 
 pub mod compile;
 pub mod eval;
+pub mod fit;
 pub mod keywords;
 pub mod meta;
 pub mod parse;
