@@ -50,6 +50,9 @@ enum RulesCommand {
         /// Rule files or directories (default: rules.paths from the config).
         paths: Vec<PathBuf>,
     },
+    /// Fit rule scores to your own spam and ham (logistic regression, cross-validated);
+    /// prints `score` lines for e.g. rules/90_scores.cf. Exit code: 0 done, 2 error.
+    Fit(cli::fit::FitOptions),
 }
 
 fn main() -> ExitCode {
@@ -70,6 +73,12 @@ fn main() -> ExitCode {
         } => {
             init_logging("warn");
             ExitCode::from(cli::rules::check(config.as_deref(), &paths, verbose))
+        }
+        Commands::Rules {
+            command: RulesCommand::Fit(opts),
+        } => {
+            init_logging("warn");
+            ExitCode::from(cli::fit::run(&opts))
         }
     }
 }

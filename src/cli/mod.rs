@@ -1,6 +1,7 @@
 //! The command-line tools beside `serve`: `scan` (the verdict for message files) and
 //! `rules check` (compile the rule files and report problems with file:line).
 
+pub mod fit;
 pub mod rules;
 pub mod scan;
 pub mod sources;
