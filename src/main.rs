@@ -30,6 +30,9 @@ enum Commands {
     /// Show the verdict for message files (or standard input with "-"), as the proxy would.
     /// Exit code: 0 accept, 1 tag, 2 reject or other refusal, 3 error.
     Scan(cli::scan::ScanOptions),
+    /// Train the classifier on your own mail: --spam or --ham PATH..., --forget PATH...,
+    /// or --stats. Paths: message files, Maildirs, directories, mbox files.
+    Learn(cli::learn::LearnOptions),
     /// Rule file tools.
     Rules {
         #[command(subcommand)]
@@ -62,6 +65,10 @@ fn main() -> ExitCode {
         Commands::Scan(opts) => {
             init_logging("warn");
             ExitCode::from(cli::scan::run(&opts))
+        }
+        Commands::Learn(opts) => {
+            init_logging("warn");
+            ExitCode::from(cli::learn::run(&opts))
         }
         Commands::Rules {
             command:

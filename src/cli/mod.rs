@@ -2,6 +2,7 @@
 //! `rules check` (compile the rule files and report problems with file:line).
 
 pub mod fit;
+pub mod learn;
 pub mod rules;
 pub mod scan;
 pub mod sources;

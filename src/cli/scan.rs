@@ -12,8 +12,11 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 
 use crate::config::Action;
+use std::sync::Arc;
+
 use crate::filter::auth::{AuthInput, AuthResults};
 use crate::filter::clamav::Outcome;
+use crate::filter::classifier::{Answer, Classifier};
 use crate::filter::message::Message;
 use crate::filter::{Filter, Scan, ScanContext, uribl};
 
@@ -54,7 +57,7 @@ pub fn run(opts: &ScanOptions) -> u8 {
             return 3;
         }
     };
-    let filter = match Filter::load(&config) {
+    let mut filter = match Filter::load(&config) {
         Ok(filter) => filter,
         Err(errors) => {
             for e in errors {
@@ -66,6 +69,17 @@ pub fn run(opts: &ScanOptions) -> u8 {
             return 3;
         }
     };
+    // The classifier votes when its store exists (scan never creates one).
+    if config.classifier.enabled {
+        match Classifier::open_existing(&config.classifier) {
+            Ok(Some(c)) => filter.attach_classifier(Arc::new(c)),
+            Ok(None) => {}
+            Err(e) => {
+                eprintln!("mailwarden: {e}");
+                return 3;
+            }
+        }
+    }
     let engine = filter.engine();
     // The sender checks are async (DNS): a small runtime of their own.
     let runtime = match tokio::runtime::Builder::new_current_thread()
@@ -88,6 +102,8 @@ pub fn run(opts: &ScanOptions) -> u8 {
         helo: opts.helo.clone(),
         from: opts.from.clone().unwrap_or_default(),
         recipients: opts.rcpt.clone(),
+        classifier: filter.classifier().cloned(),
+        explain: opts.explain,
         ..ScanContext::default()
     };
     let budget = Duration::from_millis(config.rules.scan_timeout_ms);
@@ -156,10 +172,22 @@ pub fn run(opts: &ScanOptions) -> u8 {
                     obj.insert("uribl".into(), hits.into());
                 }
                 insert_av(obj, av.as_ref());
+                let vote = scan
+                    .classifier
+                    .as_ref()
+                    .map_or(serde_json::Value::Null, |c| c.to_json());
+                obj.insert("classifier".into(), vote);
             }
             println!("{value}");
         } else {
             print_human(&name, &scan, opts.explain, auth.as_ref());
+            if opts.explain {
+                print_classifier(
+                    &scan,
+                    filter.classifier().is_some(),
+                    config.classifier.enabled,
+                );
+            }
             print_av(av.as_ref(), opts.explain);
         }
         code = code.max(exit_code(scan.decision.action));
@@ -235,6 +263,37 @@ fn print_av(av: Option<&(Outcome, Duration)>, explain: bool) {
         println!("  virus scan: {what} in {:.1} ms", ms(*elapsed));
     } else if !matches!(outcome, Outcome::Clean) {
         println!("  {what}");
+    }
+}
+
+/// `--explain`: the classifier's probability and the features that weighed most.
+fn print_classifier(scan: &Scan, attached: bool, enabled: bool) {
+    let Some(vote) = &scan.classifier else {
+        if !enabled {
+            println!("  classifier: disabled ([classifier] enabled = false)");
+        } else if !attached {
+            println!("  classifier: no model yet (train it with `mailwarden learn`)");
+        }
+        return;
+    };
+    match &vote.answer {
+        Answer::Untrained { spam, ham } => println!(
+            "  classifier: not voting yet ({spam} spam, {ham} ham learned; [classifier] min_learns of each needed)"
+        ),
+        Answer::Failed(e) => println!("  classifier: failed ({e})"),
+        Answer::Scored {
+            probability,
+            symbols,
+        } => {
+            println!(
+                "  classifier: probability {probability:.4} ({})",
+                symbols.join(", ")
+            );
+            for (text, p) in &vote.clues {
+                let leaning = if *p >= 0.5 { "spam" } else { "ham" };
+                println!("    {p:.3} {leaning:<4}  {text}");
+            }
+        }
     }
 }
 

@@ -551,6 +551,7 @@ mod tests {
             },
             timed_out: false,
             elapsed: Duration::ZERO,
+            classifier: None,
         }
     }
 

@@ -8,12 +8,14 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
 
 use super::attachments;
 use super::blocklist::ListHit;
+use super::classifier::{self, Classifier};
 use super::message::Message;
 use super::policy::{Decision, Policy};
 use super::rules::{LoadOptions, RuleSet};
@@ -35,6 +37,8 @@ pub struct Scan {
     pub decision: Decision,
     pub timed_out: bool,
     pub elapsed: Duration,
+    /// The classifier's vote; `None` when it is off or did not run (allow/deny lists).
+    pub classifier: Option<classifier::Outcome>,
 }
 
 impl Scan {
@@ -50,14 +54,25 @@ impl Scan {
     pub fn hit_names(&self) -> Vec<&str> {
         self.symbols.iter().map(|s| s.name.as_str()).collect()
     }
+
+    /// The score without the classifier's own symbols (what autolearn judges by, as in
+    /// SpamAssassin: the classifier must not teach itself).
+    pub fn score_without_classifier(&self) -> f64 {
+        self.symbols
+            .iter()
+            .filter(|s| !classifier::SYMBOLS.contains(&s.name.as_str()))
+            .map(|s| s.score)
+            .sum::<f64>()
+            + 0.0
+    }
 }
 
 fn round2(x: f64) -> f64 {
     (x * 100.0).round() / 100.0
 }
 
-/// Who sent a message, as far as the policy cares.
-#[derive(Debug, Clone, Default)]
+/// Who sent a message, as far as the policy cares, and the checks that run inside the scan.
+#[derive(Clone, Default)]
 pub struct ScanContext {
     pub ip: Option<IpAddr>,
     pub helo: Option<String>,
@@ -68,6 +83,24 @@ pub struct ScanContext {
     /// Scores for preset symbols given by the check that set them (e.g. a `[[dnsbl]]` or
     /// `[[uribl]]` list's `score`); they win over the rule files' score.
     pub preset_scores: HashMap<String, f64>,
+    /// The learning classifier, when enabled: it votes before the rules run, so meta rules
+    /// can use its `BAYES_*` symbols.
+    pub classifier: Option<Arc<Classifier>>,
+    /// Keep the classifier's telling features for `scan --explain`.
+    pub explain: bool,
+}
+
+impl std::fmt::Debug for ScanContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ScanContext")
+            .field("ip", &self.ip)
+            .field("helo", &self.helo)
+            .field("from", &self.from)
+            .field("recipients", &self.recipients)
+            .field("preset", &self.preset)
+            .field("classifier", &self.classifier.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl ScanContext {
@@ -171,9 +204,17 @@ impl Engine {
                 decision,
                 timed_out: false,
                 elapsed: started.elapsed(),
+                classifier: None,
             };
         }
         let mut preset: Vec<&str> = ctx.preset.iter().map(String::as_str).collect();
+        let vote = ctx
+            .classifier
+            .as_ref()
+            .map(|c| c.classify(&message, ctx.explain));
+        if let Some(vote) = &vote {
+            preset.extend(vote.symbols());
+        }
         if !message.problems().is_empty() {
             preset.push(SYMBOL_MIME_MALFORMED);
         }
@@ -214,6 +255,7 @@ impl Engine {
             decision,
             timed_out: evaluation.timed_out,
             elapsed: started.elapsed(),
+            classifier: vote,
         }
     }
 }

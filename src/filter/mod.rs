@@ -13,8 +13,8 @@
 pub mod attachments;
 pub mod auth;
 pub mod blocklist;
-pub mod classifier;
 pub mod clamav;
+pub mod classifier;
 pub mod dnsbl;
 pub mod engine;
 pub mod headers;
@@ -115,6 +115,9 @@ pub struct Filter {
     uribl: Option<Uribl>,
     /// The clamd virus scanner; `None` when `[clamav] enabled = false`.
     clamav: Option<clamav::Scanner>,
+    /// The learning classifier; `None` when off (attached by the caller, which decides
+    /// whether its store may be created).
+    classifier: Option<Arc<classifier::Classifier>>,
     /// Our authserv-id (`server.hostname`).
     hostname: String,
     /// Bounds concurrent scans to the CPU count, so a burst queues instead of thrashing.
@@ -182,6 +185,7 @@ impl Filter {
             dnsbl,
             uribl,
             clamav,
+            classifier: None,
             hostname: config.server.hostname.clone(),
             scan_slots: Semaphore::new(cpus),
             status: Mutex::new(status),
@@ -254,6 +258,38 @@ impl Filter {
     /// The clamd virus scanner, if `[clamav]` is enabled.
     pub fn clamav(&self) -> Option<&clamav::Scanner> {
         self.clamav.as_ref()
+    }
+
+    /// Lets the classifier vote in every scan (and autolearn, when configured).
+    pub fn attach_classifier(&mut self, classifier: Arc<classifier::Classifier>) {
+        self.classifier = Some(classifier);
+    }
+
+    /// The learning classifier, if one is attached.
+    pub fn classifier(&self) -> Option<&Arc<classifier::Classifier>> {
+        self.classifier.as_ref()
+    }
+
+    /// Queues a scanned message for autolearning when its score is clearly spam or ham, after
+    /// the sender and virus policies had their say. Never for a virus, a list hit (no vote
+    /// then) or a deferred message (it comes again).
+    fn autolearn(&self, scan: &Scan, av: Option<&clamav::Outcome>) {
+        let (Some(c), Some(vote)) = (&self.classifier, &scan.classifier) else {
+            return;
+        };
+        if matches!(vote.answer, classifier::Answer::Failed(_))
+            || av.and_then(clamav::Outcome::virus).is_some()
+            || scan.decision.action == PolicyAction::Tempfail
+            || scan.timed_out
+        {
+            return;
+        }
+        match c.autolearn_class(scan.score_without_classifier()) {
+            // Ham only when it is let through as it is (not refused by DMARC, say).
+            Some(classifier::Class::Ham) if scan.decision.action != PolicyAction::Accept => {}
+            Some(class) => c.autolearn(vote.item(class)),
+            None => {}
+        }
     }
 
     /// Scans a message for the proxy and turns the decision into a verdict.
@@ -347,6 +383,7 @@ impl Filter {
                 .iter()
                 .map(|r| r.address.clone())
                 .collect(),
+            classifier: self.classifier.clone(),
             ..ScanContext::default()
         };
         if let Some(a) = &auth {
@@ -555,6 +592,7 @@ impl Filter {
         // The virus scan last: a virus overrides the score, the allow list and milder policies.
         let av_outcome = av;
         let av = self.apply_clamav_policy(&mut scan, av);
+        self.autolearn(&scan, av_outcome);
         let reply = av.reply.clone().or(auth_reply);
         let d = &scan.decision;
         let names = scan.hit_names();

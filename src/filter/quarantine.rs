@@ -100,6 +100,7 @@ mod tests {
             },
             timed_out: false,
             elapsed: std::time::Duration::ZERO,
+            classifier: None,
         }
     }
 

@@ -24,6 +24,7 @@ use tokio_rustls::TlsAcceptor;
 use crate::config::{Config, UpstreamTarget};
 use crate::envelope::ClientInfo;
 use crate::filter::Filter;
+use crate::filter::classifier::Classifier;
 use crate::relay::maildir::Maildir;
 use crate::relay::upstream::UpstreamSettings;
 use crate::relay::{Relay, SmtpRelay};
@@ -89,7 +90,7 @@ impl Services {
                 None
             }
         };
-        let filter = match Filter::load(&config) {
+        let mut filter = match Filter::load(&config) {
             Ok(filter) => Some(filter),
             Err(errors) => {
                 problems.push(format!(
@@ -99,6 +100,24 @@ impl Services {
                 None
             }
         };
+        // The classifier's store is created on first start; a damaged one stops the start
+        // with the file named and what to do.
+        if config.classifier.enabled {
+            match Classifier::open(&config.classifier, true) {
+                Ok(c) => {
+                    let c = Arc::new(c);
+                    let (spam, ham) = c.counts();
+                    tracing::info!(store = %config.classifier.store, spam, ham, min_learns = config.classifier.min_learns, autolearn = config.classifier.autolearn, "classifier model loaded");
+                    c.start();
+                    if let Some(f) = filter.as_mut() {
+                        f.attach_classifier(c);
+                    }
+                }
+                Err(e) => problems.push(e.to_string()),
+            }
+        } else {
+            tracing::info!("classifier off ([classifier] enabled = false)");
+        }
         let trusted_proxies = config
             .server
             .trusted_proxy_nets()

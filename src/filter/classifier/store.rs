@@ -218,7 +218,9 @@ impl SqliteStore {
         }
         // NORMAL in WAL mode: a crash of the process never loses a commit; a power cut may
         // lose the last ones, never corrupts.
-        conn.execute_batch("PRAGMA synchronous=NORMAL;")
+        // A page cache that holds the model's pages (the default 2 MiB makes a large learn
+        // batch write pages out and read them back).
+        conn.execute_batch("PRAGMA synchronous=NORMAL; PRAGMA cache_size=-65536;")
             .map_err(err)?;
         let store = SqliteStore {
             path: path.to_path_buf(),
@@ -342,7 +344,11 @@ impl Store for SqliteStore {
                 .map_err(|e| self.err(e))?;
             let rows = stmt
                 .query_map(params![since as i64], |r| {
-                    Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        r.get::<_, i64>(1)?,
+                        r.get::<_, i64>(2)?,
+                    ))
                 })
                 .map_err(|e| self.err(e))?;
             for row in rows {
@@ -531,7 +537,10 @@ mod tests {
         let store = SqliteStore::open(&path, true, 10_000).expect("open");
         let spam = Op::Learn(Class::Spam);
         let a = store
-            .apply(&[item(1, spam, &[10, 11]), item(1, spam, &[10, 11])], Source::Cli)
+            .apply(
+                &[item(1, spam, &[10, 11]), item(1, spam, &[10, 11])],
+                Source::Cli,
+            )
             .expect("apply");
         assert_eq!((a.learned, a.already), (1, 1));
         let (meta, rows) = store.changes(0).expect("changes");
@@ -542,13 +551,27 @@ mod tests {
         assert_eq!(moved.moved, 1);
         let (meta, rows) = store.changes(meta.generation).expect("changes");
         assert_eq!((meta.spam, meta.ham), (0, 1));
-        assert!(rows.iter().all(|(_, c)| c.spam == 0 && c.ham == 1), "{rows:?}");
+        assert!(
+            rows.iter().all(|(_, c)| c.spam == 0 && c.ham == 1),
+            "{rows:?}"
+        );
         let f = store
-            .apply(&[item(1, Op::Forget, &[10, 11]), item(2, Op::Forget, &[1])], Source::Cli)
+            .apply(
+                &[item(1, Op::Forget, &[10, 11]), item(2, Op::Forget, &[1])],
+                Source::Cli,
+            )
             .expect("apply");
         assert_eq!((f.forgotten, f.unknown), (1, 1));
         let stats = store.stats().expect("stats");
-        assert_eq!((stats.meta.spam, stats.meta.ham, stats.seen, stats.used_slots), (0, 0, 0, 0));
+        assert_eq!(
+            (
+                stats.meta.spam,
+                stats.meta.ham,
+                stats.seen,
+                stats.used_slots
+            ),
+            (0, 0, 0, 0)
+        );
         assert_eq!(stats.learns.get(&(Source::Cli, Class::Spam)), Some(&1));
         assert_eq!(stats.forgets, 1);
     }
@@ -591,7 +614,9 @@ mod tests {
     fn seen_digests_are_bounded() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = SqliteStore::open(&dir.path().join("c.db"), true, 3).expect("open");
-        let items: Vec<Item> = (0..5).map(|n| item(n, Op::Learn(Class::Spam), &[1])).collect();
+        let items: Vec<Item> = (0..5)
+            .map(|n| item(n, Op::Learn(Class::Spam), &[1]))
+            .collect();
         store.apply(&items, Source::Cli).expect("apply");
         assert_eq!(store.stats().expect("stats").seen, 3);
     }
