@@ -82,8 +82,8 @@ fn files_of(path: &Path) -> Result<Vec<PathBuf>, SourceError> {
             if name.to_string_lossy().starts_with('.') {
                 continue;
             }
-            let is_file = entry.file_type().map(|t| t.is_file()).unwrap_or(false)
-                || entry.path().is_file();
+            let is_file =
+                entry.file_type().map(|t| t.is_file()).unwrap_or(false) || entry.path().is_file();
             if is_file {
                 files.push(entry.path());
             }
@@ -209,7 +209,10 @@ mod tests {
     #[test]
     fn plain_directory_skips_non_messages_and_dotfiles() {
         let dir = tempfile::tempdir().expect("tempdir");
-        write(&dir.path().join("00001.txt"), b"Return-Path: <a@b>\nSubject: x\n\nbody\n");
+        write(
+            &dir.path().join("00001.txt"),
+            b"Return-Path: <a@b>\nSubject: x\n\nbody\n",
+        );
         write(&dir.path().join("00001.json"), b"{\"id\": 1}");
         write(&dir.path().join(".index"), b"Subject: hidden\n\n");
         let (all, walk) = read_all(&[dir.path().to_path_buf()]).expect("read");

@@ -102,7 +102,10 @@ impl Model {
 
     /// Slots holding any count (a measure of how full the model is).
     pub fn used_slots(&self) -> usize {
-        self.slots.iter().filter(|c| c.spam > 0 || c.ham > 0).count()
+        self.slots
+            .iter()
+            .filter(|c| c.spam > 0 || c.ham > 0)
+            .count()
     }
 
     /// f(w) for one feature, `None` when it was never seen.

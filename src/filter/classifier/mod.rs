@@ -497,7 +497,10 @@ mod tests {
         for n in 0..10 {
             let spam = c.classify(&msg("cheap pills", "buy viagra now cheap", n), false);
             items.push(spam.item(Class::Spam));
-            let ham = c.classify(&msg("meeting notes", "agenda for the project meeting", n), false);
+            let ham = c.classify(
+                &msg("meeting notes", "agenda for the project meeting", n),
+                false,
+            );
             items.push(ham.item(Class::Ham));
         }
         let applied = c.apply(&items, Source::Cli).expect("apply");
@@ -510,7 +513,10 @@ mod tests {
         assert!(spam.symbols().contains(&"BAYES_99"), "{:?}", spam.symbols());
         assert!(!spam.clues.is_empty());
         assert_eq!(spam.to_json()["symbol"], "BAYES_999");
-        let ham = c.classify(&msg("meeting notes", "agenda for the project meeting", 99), false);
+        let ham = c.classify(
+            &msg("meeting notes", "agenda for the project meeting", 99),
+            false,
+        );
         assert_eq!(ham.symbols(), vec!["BAYES_00"]);
     }
 

@@ -177,7 +177,12 @@ fn add_headers(out: &mut Collector, message: &Message) {
         if let Some(mailer) = message.header_fields(name).next() {
             let value: String = mailer.decoded.to_lowercase().chars().take(40).collect();
             out.add("M:", &value);
-            for word in mailer.decoded.split_whitespace().filter_map(normalise).take(4) {
+            for word in mailer
+                .decoded
+                .split_whitespace()
+                .filter_map(normalise)
+                .take(4)
+            {
                 out.add("Mw:", &word);
             }
         }
@@ -201,7 +206,12 @@ fn add_headers(out: &mut Collector, message: &Message) {
             out.add("CS:", charset);
         }
     }
-    for name in ["List-Id", "List-Unsubscribe", "Precedence", "X-Mailing-List"] {
+    for name in [
+        "List-Id",
+        "List-Unsubscribe",
+        "Precedence",
+        "X-Mailing-List",
+    ] {
         if let Some(field) = message.header_fields(name).next() {
             let value: String = field.decoded.to_lowercase().chars().take(60).collect();
             out.add(&format!("H:{name}:"), &value);
@@ -368,6 +378,10 @@ mod tests {
         let qp = feats(
             "Subject: x\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\nFr=C3=BChst=C3=BCck bestellen\r\n",
         );
-        assert!(texts(&qp).iter().any(|t| t == "frühstück"), "{:?}", texts(&qp));
+        assert!(
+            texts(&qp).iter().any(|t| t == "frühstück"),
+            "{:?}",
+            texts(&qp)
+        );
     }
 }
