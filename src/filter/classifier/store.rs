@@ -8,8 +8,8 @@
 //! use). `mailwarden learn` writes it while `serve` reads it from another process; SQLite's locks
 //! order them, and each batch of learned messages is one transaction, so a `kill -9` at any
 //! moment leaves the model as it was before or after that batch, with its seen-digests in step.
-//! Each changed slot carries the generation that changed it, so a running proxy reads only
-//! what changed since its last look. The file holds at most `SLOTS` slot rows (fixed-size model)
+//! Each block of slots remembers the generation that last changed it, so a running proxy reads
+//! only what changed since its last look. The file holds at most `SLOTS` slot rows (fixed-size model)
 //! and `max_seen` digests (oldest dropped first).
 
 use std::collections::{BTreeMap, HashMap};
@@ -170,6 +170,9 @@ pub trait Store: Send + Sync {
 
 /// The on-disk format this code reads and writes.
 const FORMAT: i64 = 1;
+/// Slots are marked changed in blocks of 2^BLOCK_BITS (a reader re-reads changed blocks):
+/// a per-slot generation index would cost every learn as much again as the counts.
+const BLOCK_BITS: i64 = 10;
 
 /// The embedded store: one SQLite file.
 pub struct SqliteStore {
@@ -248,8 +251,8 @@ impl SqliteStore {
         tx.execute_batch(
             "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
              CREATE TABLE IF NOT EXISTS slots (slot INTEGER PRIMARY KEY, spam INTEGER NOT NULL,
-                 ham INTEGER NOT NULL, gen INTEGER NOT NULL);
-             CREATE INDEX IF NOT EXISTS slots_gen ON slots(gen);
+                 ham INTEGER NOT NULL);
+             CREATE TABLE IF NOT EXISTS dirty (block INTEGER PRIMARY KEY, gen INTEGER NOT NULL);
              CREATE TABLE IF NOT EXISTS seen (digest BLOB PRIMARY KEY, class INTEGER NOT NULL,
                  at INTEGER NOT NULL);
              CREATE INDEX IF NOT EXISTS seen_at ON seen(at);",
@@ -338,27 +341,41 @@ impl Store for SqliteStore {
         let tx = conn.transaction().map_err(|e| self.err(e))?;
         let meta = meta_of(&read_meta(&tx).map_err(|e| self.err(e))?);
         let mut out = Vec::new();
-        {
+        if meta.generation != since {
+            let blocks: Vec<i64> = {
+                let mut stmt = tx
+                    .prepare_cached("SELECT block FROM dirty WHERE gen > ?1 ORDER BY block")
+                    .map_err(|e| self.err(e))?;
+                let rows = stmt
+                    .query_map(params![since as i64], |r| r.get::<_, i64>(0))
+                    .map_err(|e| self.err(e))?;
+                rows.collect::<Result<_, _>>().map_err(|e| self.err(e))?
+            };
             let mut stmt = tx
-                .prepare_cached("SELECT slot, spam, ham FROM slots WHERE gen > ?1")
+                .prepare_cached("SELECT slot, spam, ham FROM slots WHERE slot >= ?1 AND slot < ?2")
                 .map_err(|e| self.err(e))?;
-            let rows = stmt
-                .query_map(params![since as i64], |r| {
-                    Ok((
-                        r.get::<_, i64>(0)?,
-                        r.get::<_, i64>(1)?,
-                        r.get::<_, i64>(2)?,
-                    ))
-                })
-                .map_err(|e| self.err(e))?;
-            for row in rows {
-                let (s, spam, ham) = row.map_err(|e| self.err(e))?;
-                let counts = Counts {
-                    spam: spam.clamp(0, i64::from(u32::MAX)) as u32,
-                    ham: ham.clamp(0, i64::from(u32::MAX)) as u32,
-                };
-                if (0..SLOTS as i64).contains(&s) {
-                    out.push((s as u32, counts));
+            for block in blocks {
+                let rows = stmt
+                    .query_map(
+                        params![block << BLOCK_BITS, (block + 1) << BLOCK_BITS],
+                        |r| {
+                            Ok((
+                                r.get::<_, i64>(0)?,
+                                r.get::<_, i64>(1)?,
+                                r.get::<_, i64>(2)?,
+                            ))
+                        },
+                    )
+                    .map_err(|e| self.err(e))?;
+                for row in rows {
+                    let (s, spam, ham) = row.map_err(|e| self.err(e))?;
+                    let counts = Counts {
+                        spam: spam.clamp(0, i64::from(u32::MAX)) as u32,
+                        ham: ham.clamp(0, i64::from(u32::MAX)) as u32,
+                    };
+                    if (0..SLOTS as i64).contains(&s) {
+                        out.push((s as u32, counts));
+                    }
                 }
             }
         }
@@ -433,16 +450,34 @@ impl Store for SqliteStore {
             }
             let mut write = tx
                 .prepare_cached(
-                    "INSERT INTO slots (slot, spam, ham, gen) VALUES (?1, max(0, ?2), max(0, ?3), ?4)
+                    "INSERT INTO slots (slot, spam, ham) VALUES (?1, max(0, ?2), max(0, ?3))
                      ON CONFLICT(slot) DO UPDATE SET spam = max(0, spam + ?2),
-                         ham = max(0, ham + ?3), gen = ?4",
+                         ham = max(0, ham + ?3)",
                 )
                 .map_err(|e| self.err(e))?;
-            for (s, (spam, ham)) in &deltas.slots {
-                if *spam != 0 || *ham != 0 {
-                    write
-                        .execute(params![i64::from(*s), spam, ham, generation])
+            let mut mark = tx
+                .prepare_cached(
+                    "INSERT INTO dirty (block, gen) VALUES (?1, ?2)
+                     ON CONFLICT(block) DO UPDATE SET gen = excluded.gen",
+                )
+                .map_err(|e| self.err(e))?;
+            // In slot order: the B-tree is then walked once, page after page.
+            let mut changed: Vec<(u32, (i64, i64))> = deltas
+                .slots
+                .into_iter()
+                .filter(|(_, (spam, ham))| *spam != 0 || *ham != 0)
+                .collect();
+            changed.sort_unstable_by_key(|(s, _)| *s);
+            let mut last_block = None;
+            for (s, (spam, ham)) in &changed {
+                write
+                    .execute(params![i64::from(*s), spam, ham])
+                    .map_err(|e| self.err(e))?;
+                let block = i64::from(*s) >> BLOCK_BITS;
+                if last_block != Some(block) {
+                    mark.execute(params![block, generation])
                         .map_err(|e| self.err(e))?;
+                    last_block = Some(block);
                 }
             }
         }
