@@ -12,6 +12,7 @@ use memchr::memmem;
 use regex_syntax::hir::{Class, ClassBytes, ClassBytesRange, Hir, HirKind, Look};
 
 use super::perl::{self, Translated};
+use super::regex_error::{EngineLimit, RegexError, Unsupported};
 
 /// Size limit for one compiled regex (SpamAssassin rules have large bounded repeats).
 const SIZE_LIMIT: usize = 64 << 20;
@@ -58,12 +59,16 @@ pub struct MatchStats {
 
 impl Matcher {
     /// Compiles a Perl pattern (between its delimiters) with its modifier letters.
-    pub fn new(pattern: &[u8], flags: &str, scope: Scope) -> Result<Matcher, String> {
-        let t = perl::translate(pattern, flags).map_err(|e| e.0)?;
-        Self::from_translated(&t, scope)
+    ///
+    /// A pattern Perl refuses is [`RegexError::Invalid`]; one both engines refuse after
+    /// translation is [`Unsupported::Engine`]: the translator has checked Perl's syntax, so
+    /// that is an engine limit (size, nesting, a construct it lacks), not a rule's mistake.
+    pub fn new(pattern: &[u8], flags: &str, scope: Scope) -> Result<Matcher, RegexError> {
+        let t = perl::translate(pattern, flags)?;
+        Self::from_translated(&t, scope).map_err(RegexError::Unsupported)
     }
 
-    fn from_translated(t: &Translated, scope: Scope) -> Result<Matcher, String> {
+    fn from_translated(t: &Translated, scope: Scope) -> Result<Matcher, Unsupported> {
         if !t.fancy {
             match plain(&t.full, scope) {
                 Ok((re, hir)) => {
@@ -249,19 +254,45 @@ fn fancy_count(re: &fancy_regex::Regex, text: &[u8], max: u32, stats: &mut Match
     n
 }
 
-fn parse_hir(pattern: &str) -> Result<Hir, String> {
+fn parse_hir(pattern: &str) -> Result<Hir, Unsupported> {
     regex_syntax::ParserBuilder::new()
         .unicode(false)
         .utf8(false)
         .nest_limit(200)
         .build()
         .parse(pattern)
-        .map_err(|e| one_line(&e.to_string()))
+        .map_err(|e| match &e {
+            // the kind alone: the full message repeats the (long) pattern
+            regex_syntax::Error::Parse(p) => engine_error(
+                matches!(p.kind(), regex_syntax::ast::ErrorKind::NestLimitExceeded(_)),
+                false,
+                p.kind(),
+            ),
+            regex_syntax::Error::Translate(t) => engine_error(false, false, t.kind()),
+            _ => engine_error(false, false, &e),
+        })
+}
+
+/// The reason for a pattern an engine refused, by the error's kind.
+fn engine_error(deep: bool, big: bool, e: &dyn std::fmt::Display) -> Unsupported {
+    let limit = if big {
+        EngineLimit::TooBig
+    } else if deep {
+        EngineLimit::TooDeep
+    } else {
+        EngineLimit::Unimplemented
+    };
+    let detail = one_line(&e.to_string());
+    let detail = match detail.char_indices().nth(160) {
+        Some((cut, _)) => format!("{}…", &detail[..cut]),
+        None => detail,
+    };
+    Unsupported::Engine { limit, detail }
 }
 
 /// Compiles a `regex`-crate pattern for `scope`; returns the regex and the syntax tree it was
 /// built from (for literal extraction).
-fn plain(pattern: &str, scope: Scope) -> Result<(regex::bytes::Regex, Hir), String> {
+fn plain(pattern: &str, scope: Scope) -> Result<(regex::bytes::Regex, Hir), Unsupported> {
     let hir = parse_hir(pattern)?;
     let (hir, source) = match scope {
         Scope::Whole => (hir, pattern.to_string()),
@@ -276,18 +307,30 @@ fn plain(pattern: &str, scope: Scope) -> Result<(regex::bytes::Regex, Hir), Stri
         .size_limit(SIZE_LIMIT)
         .dfa_size_limit(DFA_SIZE_LIMIT)
         .build()
-        .map_err(|e| one_line(&e.to_string()))?;
+        .map_err(|e| engine_error(false, matches!(e, regex::Error::CompiledTooBig(_)), &e))?;
     Ok((re, hir))
 }
 
-fn fancy(pattern: &str) -> Result<fancy_regex::Regex, String> {
+fn fancy(pattern: &str) -> Result<fancy_regex::Regex, Unsupported> {
+    use fancy_regex::{CompileError, Error, ParseError};
     fancy_regex::RegexBuilder::new(pattern)
         .bytes_mode(fancy_regex::BytesMode::Ascii)
         .backtrack_limit(BACKTRACK_LIMIT)
         .delegate_size_limit(SIZE_LIMIT)
         .delegate_dfa_size_limit(DFA_SIZE_LIMIT)
         .build()
-        .map_err(|e| one_line(&e.to_string()))
+        .map_err(|e| {
+            let deep = matches!(e, Error::ParseError(_, ParseError::RecursionExceeded));
+            let big = match &e {
+                Error::CompileError(c) => match c.as_ref() {
+                    CompileError::InnerError(b) => b.size_limit().is_some(),
+                    CompileError::PatternTooComplex => true,
+                    _ => false,
+                },
+                _ => false,
+            };
+            engine_error(deep, big, &e)
+        })
 }
 
 fn one_line(s: &str) -> String {
@@ -664,6 +707,26 @@ mod tests {
         assert_eq!(hits(r"\xe4", "i", Scope::Whole, "\u{e4}"), 0);
         assert!(m(r"\344", "", Scope::Whole).count(b"x\xe4y", 1, &mut MatchStats::default()) == 1);
         assert_eq!(hits(r"^\w+$", "", Scope::Whole, "caf\u{e9}"), 0);
+    }
+
+    /// Both engines refusing a translated pattern is a limit (skip), a Perl mistake an error.
+    #[test]
+    fn engine_limits_are_skips_and_perl_mistakes_errors() {
+        let limit = |p: &str| match Matcher::new(p.as_bytes(), "", Scope::Lines) {
+            Err(RegexError::Unsupported(Unsupported::Engine { limit, .. })) => Some(limit),
+            _ => None,
+        };
+        assert_eq!(limit(r"(?:\w{1000}){1000}"), Some(EngineLimit::TooBig));
+        let deep = "(?:".repeat(250) + "a" + &")".repeat(250);
+        assert_eq!(limit(&deep), Some(EngineLimit::TooDeep));
+        assert!(matches!(
+            Matcher::new(b"unclosed(", "", Scope::Lines),
+            Err(RegexError::Invalid(_))
+        ));
+        assert!(matches!(
+            Matcher::new(br"\G", "", Scope::Lines),
+            Err(RegexError::Unsupported(Unsupported::GAnchor))
+        ));
     }
 
     #[test]

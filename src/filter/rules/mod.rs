@@ -18,6 +18,7 @@ pub mod keywords;
 pub mod meta;
 pub mod parse;
 pub mod perl;
+pub mod regex_error;
 pub mod replace;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -30,6 +31,7 @@ use self::keywords::KeywordSet;
 use self::parse::{
     AttachField, BUILTIN_PLUGINS, Defs, HeaderSource, KeywordTarget, RuleDef, RuleKind,
 };
+use self::regex_error::RegexError;
 
 /// How to load a rule set.
 #[derive(Debug, Clone, Default)]
@@ -258,8 +260,9 @@ fn show_regex(re: &perl::Delimited) -> String {
 
 impl RuleSet {
     /// Loads rule files. Errors (unreadable file, unparseable directive syntax, missing keyword
-    /// file, bad score number, unbalanced if/endif) make the load fail: `Err(report)`. A regex
-    /// that neither engine compiles is not an error: the rule is skipped ("regex unsupported").
+    /// file, bad score number, unbalanced if/endif, a regex Perl refuses) make the load fail:
+    /// `Err(report)`. A valid Perl regex that mailwarden cannot run is not an error: the rule is
+    /// skipped ("regex unsupported").
     // The report is the error: callers print every diagnostic in it (loads are rare).
     #[allow(clippy::result_large_err)]
     pub fn load(paths: &[PathBuf], options: &LoadOptions) -> Result<RuleSet, LoadReport> {
@@ -296,6 +299,9 @@ impl RuleSet {
         }
         replace::apply(&mut defs);
         let set = Self::build(defs, options, report, started);
+        if !set.report.errors.is_empty() {
+            return Err(set.report);
+        }
         Ok(set)
     }
 
@@ -377,12 +383,21 @@ impl RuleSet {
                         *report.engines.entry(engine.to_string()).or_insert(0) += 1;
                         Some(m)
                     }
-                    Err(e) => {
+                    Err(RegexError::Invalid(e)) => {
+                        report.errors.push(diag(
+                            def,
+                            name,
+                            "invalid regex",
+                            format!("rule {name}: invalid regex {}: {e}", show_regex(re)),
+                        ));
+                        None
+                    }
+                    Err(RegexError::Unsupported(u)) => {
                         report.skipped.push(diag(
                             def,
                             name,
                             "regex unsupported",
-                            format!("{name}: {e}: {}", show_regex(re)),
+                            format!("{name}: {u}: {}", show_regex(re)),
                         ));
                         None
                     }
@@ -818,6 +833,46 @@ mod tests {
         assert!(bad_set.is_err());
     }
 
+    /// A regex Perl refuses stops the load with file:line and what to fix; valid Perl that
+    /// cannot run is skipped with file:line and the rest loads.
+    #[test]
+    fn invalid_regex_is_an_error_unsupported_one_a_skip() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = write(
+            dir.path(),
+            "local.cf",
+            "body GOOD /fine/\n\nbody BROKEN /unclosed(/\nbody LATER /\\Gx/\n",
+        );
+        let err = match RuleSet::load(std::slice::from_ref(&p), &LoadOptions::default()) {
+            Ok(_) => panic!("loaded an invalid regex"),
+            Err(r) => r,
+        };
+        assert_eq!(err.errors.len(), 1, "{:?}", err.errors);
+        assert_eq!(err.errors[0].reason, "invalid regex");
+        assert_eq!(err.errors[0].rule.as_deref(), Some("BROKEN"));
+        let shown = err.errors[0].to_string();
+        assert!(
+            shown.ends_with(
+                "local.cf:3: rule BROKEN: invalid regex /unclosed(/: unclosed group at offset 8: \
+                 close the '(' with ')', or write \\( for a literal '('"
+            ),
+            "{shown}"
+        );
+        let p = write(
+            dir.path(),
+            "local.cf",
+            "body GOOD /fine/\nbody LATER /\\Gx/\n",
+        );
+        let set = RuleSet::load(&[p], &LoadOptions::default()).unwrap();
+        let skipped: Vec<String> = set.report().skipped.iter().map(|d| d.to_string()).collect();
+        assert_eq!(skipped.len(), 1);
+        assert!(
+            skipped[0].ends_with("local.cf:2: LATER: \\G anchor: /\\Gx/"),
+            "{skipped:?}"
+        );
+        assert_eq!(set.rule_names().collect::<Vec<_>>(), ["GOOD"]);
+    }
+
     #[test]
     fn scores_defaults_cycles_and_directories() {
         let dir = tempfile::tempdir().unwrap();
@@ -825,7 +880,7 @@ mod tests {
             dir.path(),
             "10_a.cf",
             "body A /a/\nbody T_B /b/\nbody N /n/\ntflags N nice\nscore A 1 2 3 4\n\
-             meta C1 C2 && A\nmeta C2 C1\nbody Z /zzz(/\n",
+             meta C1 C2 && A\nmeta C2 C1\nbody Z /zzz\\G/\n",
         );
         write(dir.path(), "20_b.cf", "score A 5\nscore SYMBOL 0.5\n");
         write(dir.path(), "ignored.txt", "body IGNORED /x/\n");
