@@ -140,3 +140,51 @@ fn absolute(path: &Path) -> PathBuf {
             .unwrap_or_else(|_| path.to_path_buf())
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Filter;
+    use crate::config::Config;
+
+    /// A rule file edited into an invalid regex: the reload fails with the file:line, and
+    /// the rules loaded before stay in use.
+    #[test]
+    fn reload_with_an_invalid_regex_keeps_the_old_rules() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cf = dir.path().join("local.cf");
+        std::fs::write(&cf, "body MW_T_OLD /oldword/\nscore MW_T_OLD 3\n").expect("write");
+        let mut config = Config::default();
+        config.rules.paths = vec![dir.path().to_path_buf()];
+        config.auth.enabled = false;
+        let filter = Filter::load(&config).expect("the first rules load");
+        let names = |f: &Filter| -> Vec<String> {
+            f.engine().rules.rule_names().map(str::to_string).collect()
+        };
+        assert_eq!(names(&filter), ["MW_T_OLD"]);
+
+        std::fs::write(
+            &cf,
+            "body MW_T_NEW /newword/\nbody MW_T_BROKEN /unclosed(/\nscore MW_T_NEW 3\n",
+        )
+        .expect("write");
+        let status = match filter.reload() {
+            Ok(_) => panic!("reloaded rules with an invalid regex"),
+            Err(status) => status,
+        };
+        assert!(!status.ok);
+        assert!(
+            status
+                .errors
+                .iter()
+                .any(|e| e.contains("local.cf:2:") && e.contains("invalid regex /unclosed(/")),
+            "{:?}",
+            status.errors
+        );
+        assert_eq!(names(&filter), ["MW_T_OLD"], "the old rules stay in use");
+        assert!(!filter.status().ok);
+
+        std::fs::write(&cf, "body MW_T_NEW /newword/\nscore MW_T_NEW 3\n").expect("write");
+        assert!(filter.reload().is_ok());
+        assert_eq!(names(&filter), ["MW_T_NEW"]);
+    }
+}
