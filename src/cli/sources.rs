@@ -113,12 +113,7 @@ fn split_mbox(raw: &[u8]) -> Vec<Vec<u8>> {
     for line in raw.split_inclusive(|&b| b == b'\n') {
         if previous_blank && line.starts_with(b"From ") {
             if let Some(mut m) = current.take() {
-                // The blank line before a separator belongs to the mbox, not the message.
-                if m.ends_with(b"\r\n\r\n") {
-                    m.truncate(m.len() - 2);
-                } else if m.ends_with(b"\n\n") {
-                    m.truncate(m.len() - 1);
-                }
+                drop_separator_blank_line(&mut m);
                 messages.push(m);
             }
             current = Some(Vec::new());
@@ -138,11 +133,24 @@ fn split_mbox(raw: &[u8]) -> Vec<Vec<u8>> {
             }
         }
     }
-    if let Some(m) = current {
+    if let Some(mut m) = current {
+        // mbox writers end the last message with the same blank line as the others.
+        drop_separator_blank_line(&mut m);
         messages.push(m);
     }
     messages.retain(|m| !m.is_empty());
     messages
+}
+
+/// The blank line before a separator (and at the end of the file) belongs to the mbox, not
+/// the message: without this, the same message would differ (another digest, learned twice)
+/// from its copy in a Maildir or as the proxy saw it.
+fn drop_separator_blank_line(m: &mut Vec<u8>) {
+    if m.ends_with(b"\r\n\r\n") {
+        m.truncate(m.len() - 2);
+    } else if m.ends_with(b"\n\n") {
+        m.truncate(m.len() - 1);
+    }
 }
 
 /// Calls `each` with every message under `paths`, in order. Stops at the first path that
@@ -240,10 +248,21 @@ mod tests {
     }
 
     #[test]
+    fn mbox_blank_line_after_the_last_message_is_not_part_of_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mbox = dir.path().join("archive.mbox");
+        write(
+            &mbox,
+            b"From a@b Mon Jan  1 00:00:00 2024\nSubject: one\n\nHello\n\nFrom c@d Tue Jan  2 00:00:00 2024\nSubject: two\n\nbody\n\n",
+        );
+        let (all, _) = read_all(&[mbox]).expect("read");
+        assert_eq!(all[0].raw, b"Subject: one\n\nHello\n".to_vec());
+        assert_eq!(all[1].raw, b"Subject: two\n\nbody\n".to_vec());
+    }
+
+    #[test]
     fn a_missing_path_is_an_error_naming_it() {
-        let err = read_all(&[PathBuf::from("/nonexistent/mailwarden-corpus")])
-            .err()
-            .expect("error");
+        let err = read_all(&[PathBuf::from("/nonexistent/mailwarden-corpus")]).expect_err("error");
         assert!(err.to_string().contains("/nonexistent/mailwarden-corpus"));
     }
 }
