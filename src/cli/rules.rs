@@ -22,6 +22,7 @@ pub fn check(config: Option<&std::path::Path>, paths: &[PathBuf], verbose: bool)
     };
     let options = LoadOptions {
         score_set: config.rules.score_set,
+        symbols: crate::filter::symbols::from_config(&config),
         ..LoadOptions::default()
     };
     let started = std::time::Instant::now();

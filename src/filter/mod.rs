@@ -24,6 +24,7 @@ pub mod quarantine;
 pub mod record;
 pub mod reload;
 pub mod rules;
+pub mod symbols;
 pub mod uribl;
 
 pub use engine::{

@@ -15,6 +15,7 @@ pub mod compile;
 pub mod eval;
 pub mod fit;
 pub mod keywords;
+pub mod lint;
 pub mod meta;
 pub mod parse;
 pub mod perl;
@@ -46,6 +47,10 @@ pub struct LoadOptions {
     /// Also run rules whose score is 0 (normally not run, as in SpamAssassin), so that
     /// `rules fit` sees every rule's hits; their hits score 0.
     pub run_zero_scored: bool,
+    /// Symbols set on messages besides the ones mailwarden's checks set (those are always
+    /// known, [`crate::filter::symbols`]): the block lists' `symbol`s from the config. Their
+    /// `score` and `describe` lines are not "undefined rule" warnings.
+    pub symbols: Vec<String>,
 }
 
 /// A problem found while loading, with where it is.
@@ -298,6 +303,7 @@ impl RuleSet {
             return Err(report);
         }
         replace::apply(&mut defs);
+        lint::undefined_names(&defs, &options.symbols, &mut report.warnings);
         let set = Self::build(defs, options, report, started);
         if !set.report.errors.is_empty() {
             return Err(set.report);

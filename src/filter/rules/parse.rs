@@ -187,7 +187,34 @@ pub struct Defs {
     pub skipped: Vec<Diagnostic>,
     pub warnings: Vec<Diagnostic>,
     pub errors: Vec<Diagnostic>,
+    /// Every `score`, `describe`, `tflags` and `action` line, for the check that the name it
+    /// gives is defined somewhere in the loaded set.
+    pub mentions: Vec<Mention>,
+    /// Names that rule directives in false `if`/`ifplugin` sections would define.
+    pub inactive: HashSet<String>,
 }
+
+/// A line that gives a rule name something (a score, a description, flags, an action).
+#[derive(Debug, Clone)]
+pub struct Mention {
+    pub name: String,
+    /// The directive: "score", "describe", "tflags" or "action".
+    pub directive: &'static str,
+    pub loc: Loc,
+}
+
+/// Directives that define a rule name (their first word).
+const RULE_DIRECTIVES: [&str; 9] = [
+    "header",
+    "body",
+    "rawbody",
+    "uri",
+    "full",
+    "mimeheader",
+    "meta",
+    "keywords",
+    "attachment",
+];
 
 /// Directives of SpamAssassin plugins mailwarden does not implement that define a rule name.
 const PLUGIN_RULES: [&str; 8] = [
@@ -448,6 +475,14 @@ pub fn read_file(path: &Path, plugins: &HashSet<String>, defs: &mut Defs) {
             _ => {}
         }
         if skip {
+            // not read, but the name exists for a setup with that plugin or version: its
+            // score lines elsewhere are no mistake
+            if RULE_DIRECTIVES.contains(&key.as_str()) || PLUGIN_RULES.contains(&key.as_str()) {
+                let name = String::from_utf8_lossy(split_word(value).0);
+                if is_rule_name(&name) {
+                    defs.inactive.insert(name.into_owned());
+                }
+            }
             continue;
         }
         if key == "lang" {
@@ -612,6 +647,20 @@ impl Cx<'_> {
     }
 
     fn directive(&mut self, key: &str, value: &[u8], dir: &Path) {
+        if let Some(&directive) = ["score", "describe", "tflags", "action"]
+            .iter()
+            .find(|d| **d == key)
+        {
+            let name = String::from_utf8_lossy(split_word(value).0);
+            if is_rule_name(&name) {
+                let loc = self.loc();
+                self.defs.mentions.push(Mention {
+                    name: name.into_owned(),
+                    directive,
+                    loc,
+                });
+            }
+        }
         match key {
             "header" => self.header_rule(value),
             "body" | "rawbody" | "uri" | "full" => {
