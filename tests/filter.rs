@@ -1251,6 +1251,75 @@ fn rules_check_paths_override_config() {
     );
 }
 
+/// Regexes: one Perl refuses is an error (exit 1, file:line, what is wrong); valid Perl that
+/// mailwarden cannot run is listed as skipped (exit 0). Names: a `score` for a name no rule
+/// defines is a warning with a suggestion (exit 0), mailwarden's own symbols and the config's
+/// block list symbols are not.
+#[test]
+fn rules_check_regex_errors_skips_and_undefined_names() {
+    let dir = tempdir("mailwarden-check-");
+    let d = dir.path();
+    let check = |name: &str, text: &str| {
+        write(&d.join(name), text.as_bytes());
+        let out = mailwarden(
+            d,
+            &[
+                "rules",
+                "check",
+                "--verbose",
+                "--config",
+                "mailwarden.toml",
+                name,
+            ],
+            None,
+        );
+        let all = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out, all)
+    };
+    write(
+        &d.join("mailwarden.toml"),
+        b"[[dnsbl]]\nzone = \"zen.example.org\"\nsymbol = \"RBL_ZEN\"\n",
+    );
+
+    let (out, all) = check(
+        "invalid.cf",
+        "body GOOD /fine/\nscore GOOD 1\nbody BROKEN /unclosed(/\n",
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    assert!(
+        all.contains("invalid.cf:3: rule BROKEN: invalid regex /unclosed(/: unclosed group")
+            && all.contains("1 error(s)"),
+        "{}",
+        describe(&out)
+    );
+
+    let (out, all) = check("unsupported.cf", "body GOOD /fine/\nbody NO_G /\\Gx/\n");
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    assert!(
+        all.contains("skipped: ") && all.contains("unsupported.cf:2: NO_G: \\G anchor"),
+        "{}",
+        describe(&out)
+    );
+    assert!(all.contains("regex unsupported 1") && all.contains("0 error(s)"));
+
+    let (out, all) = check(
+        "names.cf",
+        "body GOOD /fine/\nscore GOOD 1\nscore GOOODD 2\nscore SPF_PASS -0.1\n\
+         score BAYES_99 3\nscore RBL_ZEN 2\n",
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    assert!(
+        all.contains("warning: names.cf:3: score for undefined rule GOOODD; did you mean GOOD?")
+            && all.contains("1 warning(s), 0 error(s)"),
+        "{}",
+        describe(&out)
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // 4. Hot reload
 // ---------------------------------------------------------------------------------------------

@@ -304,8 +304,12 @@ impl RuleSet {
         }
         replace::apply(&mut defs);
         lint::undefined_names(&defs, &options.symbols, &mut report.warnings);
-        let set = Self::build(defs, options, report, started);
+        let mut set = Self::build(defs, options, report, started);
         if !set.report.errors.is_empty() {
+            // regexes are compiled in rule-name order: report them in file order
+            set.report
+                .errors
+                .sort_by(|a, b| (&a.file, a.line).cmp(&(&b.file, b.line)));
             return Err(set.report);
         }
         Ok(set)
