@@ -532,7 +532,7 @@ fn learning_the_same_messages_twice_counts_once() {
     );
     let after = site.stats();
     assert_eq!(counts(&after), (30, 30, 60));
-    assert_eq!(after["used_slots"], before["used_slots"]);
+    assert_eq!(after["tokens"], before["tokens"]);
     assert_eq!(after["learns"], before["learns"]);
     assert_eq!(
         after["generation"], before["generation"],
@@ -621,7 +621,7 @@ fn relearning_moves_and_forgetting_undoes() {
     assert!(run.stdout.contains("1 moved"), "{}", run.describe());
     let back = site.stats();
     assert_eq!(counts(&back), (30, 30, 60));
-    assert_eq!(back["used_slots"], trained["used_slots"]);
+    assert_eq!(back["tokens"], trained["tokens"]);
 
     // Forget one message, then learn it again: it is new again.
     let run = site.learn("--forget", std::slice::from_ref(&one));
@@ -662,7 +662,7 @@ fn relearning_moves_and_forgetting_undoes() {
     let undone = site.stats();
     assert_eq!(counts(&undone), (0, 30, 30));
     assert_eq!(
-        undone["used_slots"], ham_only["used_slots"],
+        undone["tokens"], ham_only["tokens"],
         "forgetting did not undo the learning exactly: {undone} vs {ham_only}"
     );
 
@@ -1009,7 +1009,7 @@ fn learn_killed_mid_way_keeps_whole_batches_and_resumes() {
         run.describe()
     );
     let resumed = killed.stats();
-    for key in ["spam", "ham", "seen", "used_slots"] {
+    for key in ["spam", "ham", "seen", "tokens"] {
         assert_eq!(
             resumed[key], want[key],
             "{key}: resumed {resumed} vs uninterrupted {want}"
@@ -1247,7 +1247,7 @@ fn autolearn_learns_clear_cases_only_when_on() {
     let undone = on.stats();
     assert_eq!(counts(&undone), (0, 0, 0), "{undone}");
     assert_eq!(
-        undone["used_slots"], 0,
+        undone["tokens"], 0,
         "forgetting the delivered copies did not undo the autolearning: {undone}"
     );
 }

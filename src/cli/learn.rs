@@ -249,8 +249,8 @@ fn stats(classifier: &Classifier, as_json: bool) -> u8 {
             "ham": m.ham,
             "voting": voting,
             "min_learns": min,
-            "slots": classifier::bayes::SLOTS,
-            "used_slots": stats.used_slots,
+            "tokens": stats.tokens,
+            "max_tokens": classifier.config().max_tokens,
             "seen": stats.seen,
             "bytes": stats.bytes,
             "updated": updated,
@@ -273,10 +273,9 @@ fn stats(classifier: &Classifier, as_json: bool) -> u8 {
         }
     );
     println!(
-        "model:        {} of {} slots used ({:.1}%), {:.1} MiB on disk",
-        stats.used_slots,
-        classifier::bayes::SLOTS,
-        100.0 * stats.used_slots as f64 / classifier::bayes::SLOTS as f64,
+        "model:        {} features (at most {}, [classifier] max_tokens), {:.1} MiB on disk",
+        stats.tokens,
+        classifier.config().max_tokens,
         stats.bytes as f64 / (1024.0 * 1024.0)
     );
     println!("remembered:   {} message digests", stats.seen);

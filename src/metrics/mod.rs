@@ -73,7 +73,7 @@ pub struct Metrics {
     pub classifier_failures: IntCounter,
     pub classifier_autolearn_dropped: IntCounter,
     pub classifier_store_bytes: IntGauge,
-    pub classifier_used_slots: IntGauge,
+    pub classifier_tokens: IntGauge,
     pub build_info: IntGaugeVec,
 }
 
@@ -344,9 +344,9 @@ impl Metrics {
                 "mailwarden_classifier_store_bytes",
                 "Size of the classifier's store on disk (with its write-ahead log).",
             ),
-            classifier_used_slots: gauge(
-                "mailwarden_classifier_used_slots",
-                "Slots of the fixed-size classifier model holding any count.",
+            classifier_tokens: gauge(
+                "mailwarden_classifier_tokens",
+                "Features the classifier's model holds (at most [classifier] max_tokens).",
             ),
             build_info,
             registry,

@@ -30,7 +30,7 @@ use crate::config::ClassifierConfig;
 use crate::filter::message::Message;
 use crate::metrics::metrics;
 pub use bayes::{Model, SYMBOLS};
-pub use store::{Applied, Class, Item, Op, Source, SqliteStore, Stats, Store, StoreError};
+pub use store::{Applied, Changes, Class, Item, Op, Source, SqliteStore, Stats, Store, StoreError};
 
 /// The symbol for "the store could not be read".
 pub const SYMBOL_FAIL: &str = "BAYES_FAIL";
@@ -176,7 +176,7 @@ pub struct Classifier {
 impl Classifier {
     /// Opens (creating when `create`) the configured store and reads the model.
     pub fn open(config: &ClassifierConfig, create: bool) -> Result<Classifier, StoreError> {
-        let store = SqliteStore::open(&config.path(), create, config.max_seen)?;
+        let store = SqliteStore::open(&config.path(), create, config.max_seen, config.max_tokens)?;
         Classifier::with_store(config, Box::new(store))
     }
 
@@ -220,35 +220,23 @@ impl Classifier {
             let s = self.snapshot.read().unwrap_or_else(|p| p.into_inner());
             (s.generation, s.created)
         };
-        let result = self.store.changes(generation).and_then(|(meta, rows)| {
-            if meta.created != created || meta.generation < generation {
-                // Another store file than the one we read (replaced, or new): read it whole.
-                let (meta, rows) = self.store.changes(0)?;
-                let mut model = Model::default();
-                for (slot, counts) in rows {
-                    model.set(slot, counts);
-                }
-                model.spam = meta.spam;
-                model.ham = meta.ham;
-                let mut s = self.snapshot.write().unwrap_or_else(|p| p.into_inner());
-                *s = Snapshot {
-                    model,
-                    generation: meta.generation,
-                    created: meta.created,
-                };
-                return Ok(true);
-            }
-            if meta.generation == generation {
-                return Ok(false);
+        let result = self.store.changes(generation).map(|c| {
+            if c.meta.generation == generation && c.meta.created == created && !c.whole {
+                return false;
             }
             let mut s = self.snapshot.write().unwrap_or_else(|p| p.into_inner());
-            for (slot, counts) in rows {
-                s.model.set(slot, counts);
+            if c.whole || c.meta.created != created {
+                // Pruned, new, or another store file than the one we read: read it whole.
+                s.model = Model::default();
             }
-            s.model.spam = meta.spam;
-            s.model.ham = meta.ham;
-            s.generation = meta.generation;
-            Ok(true)
+            for (hash, counts) in c.tokens {
+                s.model.set(hash, counts);
+            }
+            s.model.spam = c.meta.spam;
+            s.model.ham = c.meta.ham;
+            s.generation = c.meta.generation;
+            s.created = c.meta.created;
+            true
         });
         let mut failing = self.failing.lock().unwrap_or_else(|p| p.into_inner());
         match &result {
@@ -422,7 +410,7 @@ impl Classifier {
                 }
                 exported.insert(key, total.max(before));
             }
-            m.classifier_used_slots.set(stats.used_slots as i64);
+            m.classifier_tokens.set(stats.tokens as i64);
             m.classifier_store_bytes.set(stats.bytes as i64);
             m.classifier_learned
                 .with_label_values(&["spam"])

@@ -1,6 +1,6 @@
 //! Where the classifier's model lives: one trait, and the embedded SQLite store behind it.
 //!
-//! The trait is what the classifier needs from any store — the slots changed since the last
+//! The trait is what the classifier needs from any store — the features changed since the last
 //! look, and an atomic "apply these learned and forgotten messages" — so a Redis store for
 //! several nodes can implement the same two calls (with a Lua script for the atomic part).
 //!
@@ -8,8 +8,10 @@
 //! use). `mailwarden learn` writes it while `serve` reads it from another process; SQLite's locks
 //! order them, and each batch of learned messages is one transaction, so a `kill -9` at any
 //! moment leaves the model as it was before or after that batch, with its seen-digests in step.
-//! Each block of slots remembers the generation that last changed it, so a running proxy reads
-//! only what changed since its last look. The file holds at most `SLOTS` slot rows (fixed-size model)
+//! Features are rows keyed by their 64-bit hash; each block of the hash space (1/1024th of it)
+//! remembers the generation that last changed it, so a running proxy reads only what changed
+//! since its last look. The file holds at most `max_tokens` features (the rarest, least recently
+//! learned go first when a learn crosses it; a reader then reloads whole)
 //! and `max_seen` digests (oldest dropped first).
 
 use std::collections::{BTreeMap, HashMap};
@@ -20,7 +22,7 @@ use std::time::Duration;
 
 use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, params};
 
-use super::bayes::{Counts, SLOTS, slot};
+use super::bayes::{Counts, TokenMap};
 
 /// Spam or ham.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -115,7 +117,8 @@ pub struct Meta {
 #[derive(Debug, Clone, Default)]
 pub struct Stats {
     pub meta: Meta,
-    pub used_slots: u64,
+    /// Features held (at most `max_tokens`).
+    pub tokens: u64,
     pub seen: u64,
     /// Size of the store on disk (with its WAL), bytes.
     pub bytes: u64,
@@ -129,7 +132,7 @@ pub struct Stats {
 pub enum StoreError {
     /// Not a model file, or a damaged one.
     Corrupt { path: PathBuf, detail: String },
-    /// A model made by another version (different format or slot count).
+    /// A model made by another version (different format).
     Incompatible { path: PathBuf, detail: String },
     /// Cannot be opened, read or written (permissions, disk full, locked too long).
     Io { path: PathBuf, detail: String },
@@ -161,8 +164,9 @@ impl std::error::Error for StoreError {}
 
 /// A model store: the embedded file here; Redis for several nodes.
 pub trait Store: Send + Sync {
-    /// The totals and every slot changed after generation `since` (all of them for 0).
-    fn changes(&self, since: u64) -> Result<(Meta, Vec<(u32, Counts)>), StoreError>;
+    /// The totals and every feature changed after generation `since`; all of them when
+    /// `since` is 0 or the store was pruned since (then `Changes::whole` is set).
+    fn changes(&self, since: u64) -> Result<Changes, StoreError>;
     /// Learns and forgets `items` in one atomic step.
     fn apply(&self, items: &[Item], source: Source) -> Result<Applied, StoreError>;
     fn stats(&self) -> Result<Stats, StoreError>;
@@ -170,15 +174,26 @@ pub trait Store: Send + Sync {
 
 /// The on-disk format this code reads and writes.
 const FORMAT: i64 = 1;
-/// Slots are marked changed in blocks of 2^BLOCK_BITS (a reader re-reads changed blocks):
-/// a per-slot generation index would cost every learn as much again as the counts.
-const BLOCK_BITS: i64 = 10;
+/// Features are marked changed per block of the hash space: a block is the top 10 bits of the
+/// hash (a reader re-reads changed blocks). A per-feature generation index would cost every
+/// learn as much again as the counts.
+const BLOCK_SHIFT: u32 = 54;
+
+/// What changed in the store since a generation.
+#[derive(Debug, Clone, Default)]
+pub struct Changes {
+    pub meta: Meta,
+    /// The whole table, not a delta: replace the model with it.
+    pub whole: bool,
+    pub tokens: Vec<(u64, Counts)>,
+}
 
 /// The embedded store: one SQLite file.
 pub struct SqliteStore {
     path: PathBuf,
     conn: Mutex<Connection>,
     max_seen: u64,
+    max_tokens: u64,
 }
 
 fn classify_error(path: &Path, e: &rusqlite::Error) -> StoreError {
@@ -195,7 +210,12 @@ fn classify_error(path: &Path, e: &rusqlite::Error) -> StoreError {
 impl SqliteStore {
     /// Opens the store at `path`, creating it when `create` and it does not exist. Checks
     /// that it is an intact model of this version.
-    pub fn open(path: &Path, create: bool, max_seen: u64) -> Result<SqliteStore, StoreError> {
+    pub fn open(
+        path: &Path,
+        create: bool,
+        max_seen: u64,
+        max_tokens: u64,
+    ) -> Result<SqliteStore, StoreError> {
         let err = |e: rusqlite::Error| classify_error(path, &e);
         let mut flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         if create {
@@ -229,6 +249,7 @@ impl SqliteStore {
             path: path.to_path_buf(),
             conn: Mutex::new(conn),
             max_seen,
+            max_tokens,
         };
         store.init()?;
         Ok(store)
@@ -250,8 +271,8 @@ impl SqliteStore {
             .map_err(|e| self.err(e))?;
         tx.execute_batch(
             "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
-             CREATE TABLE IF NOT EXISTS slots (slot INTEGER PRIMARY KEY, spam INTEGER NOT NULL,
-                 ham INTEGER NOT NULL);
+             CREATE TABLE IF NOT EXISTS tokens (h INTEGER PRIMARY KEY, spam INTEGER NOT NULL,
+                 ham INTEGER NOT NULL, gen INTEGER NOT NULL);
              CREATE TABLE IF NOT EXISTS dirty (block INTEGER PRIMARY KEY, gen INTEGER NOT NULL);
              CREATE TABLE IF NOT EXISTS seen (digest BLOB PRIMARY KEY, class INTEGER NOT NULL,
                  at INTEGER NOT NULL);
@@ -263,7 +284,8 @@ impl SqliteStore {
             .map_or(1, |d| d.as_nanos() as i64);
         for (key, value) in [
             ("format", FORMAT),
-            ("slots", SLOTS as i64),
+            ("tokens", 0),
+            ("pruned", 0),
             ("generation", 0),
             ("created", created),
             ("spam", 0),
@@ -278,7 +300,7 @@ impl SqliteStore {
             .map_err(|e| self.err(e))?;
         }
         let meta = read_meta(&tx).map_err(|e| self.err(e))?;
-        for (key, want) in [("format", FORMAT), ("slots", SLOTS as i64)] {
+        for (key, want) in [("format", FORMAT)] {
             let have = meta.get(key).copied().unwrap_or(-1);
             if have != want {
                 return Err(StoreError::Incompatible {
@@ -312,20 +334,20 @@ fn learns_key(source: Source, class: Class) -> String {
     format!("learns.{}.{}", source.as_str(), class.as_str())
 }
 
-/// Per-slot count changes of a batch.
+/// Per-feature count changes of a batch.
 #[derive(Default)]
 struct Deltas {
-    slots: HashMap<u32, (i64, i64)>,
+    tokens: TokenMap<(i64, i64)>,
     totals: [i64; 2],
 }
 
 impl Deltas {
     fn add(&mut self, hashes: &[u64], class: Class, sign: i64) {
-        let mut slots: Vec<u32> = hashes.iter().map(|&h| slot(h)).collect();
-        slots.sort_unstable();
-        slots.dedup();
-        for s in slots {
-            let d = self.slots.entry(s).or_default();
+        let mut unique = hashes.to_vec();
+        unique.sort_unstable();
+        unique.dedup();
+        for h in unique {
+            let d = self.tokens.entry(h).or_default();
             match class {
                 Class::Spam => d.0 += sign,
                 Class::Ham => d.1 += sign,
@@ -335,13 +357,220 @@ impl Deltas {
     }
 }
 
+/// The block of the hash space a feature is in, and the first and last key of a block (keys are
+/// the hashes' bits as SQLite's signed integers).
+fn block_of(h: u64) -> i64 {
+    (h as i64) >> BLOCK_SHIFT
+}
+
+fn block_range(block: i64) -> (i64, i64) {
+    let lo = block << BLOCK_SHIFT;
+    (lo, lo | ((1i64 << BLOCK_SHIFT) - 1))
+}
+
+/// What a batch's items do to the seen-digests, the counts and the learn counters.
+#[derive(Default)]
+struct Effect {
+    applied: Applied,
+    deltas: Deltas,
+    learns: BTreeMap<Class, i64>,
+    seen_delta: i64,
+}
+
+impl SqliteStore {
+    /// Decides per item (new, already known, moved, forgotten, unknown) and updates `seen`.
+    fn record_items(
+        &self,
+        tx: &rusqlite::Transaction<'_>,
+        items: &[Item],
+        now: i64,
+    ) -> Result<Effect, StoreError> {
+        let mut e = Effect::default();
+        let mut find = tx
+            .prepare_cached("SELECT class FROM seen WHERE digest = ?1")
+            .map_err(|e| self.err(e))?;
+        let mut upsert = tx
+            .prepare_cached(
+                "INSERT INTO seen (digest, class, at) VALUES (?1, ?2, ?3)
+                 ON CONFLICT(digest) DO UPDATE SET class = excluded.class, at = excluded.at",
+            )
+            .map_err(|e| self.err(e))?;
+        let mut delete = tx
+            .prepare_cached("DELETE FROM seen WHERE digest = ?1")
+            .map_err(|e| self.err(e))?;
+        for item in items {
+            let before: Option<Class> = find
+                .query_row(params![&item.digest[..]], |r| r.get::<_, i64>(0))
+                .optional()
+                .map_err(|e| self.err(e))?
+                .map(Class::from_code);
+            match (item.op, before) {
+                (Op::Learn(class), None) => {
+                    e.deltas.add(&item.hashes, class, 1);
+                    upsert
+                        .execute(params![&item.digest[..], class.code(), now])
+                        .map_err(|e| self.err(e))?;
+                    e.applied.learned += 1;
+                    e.seen_delta += 1;
+                    *e.learns.entry(class).or_default() += 1;
+                }
+                (Op::Learn(class), Some(was)) if was == class => e.applied.already += 1,
+                (Op::Learn(class), Some(was)) => {
+                    e.deltas.add(&item.hashes, was, -1);
+                    e.deltas.add(&item.hashes, class, 1);
+                    upsert
+                        .execute(params![&item.digest[..], class.code(), now])
+                        .map_err(|e| self.err(e))?;
+                    e.applied.moved += 1;
+                    *e.learns.entry(class).or_default() += 1;
+                }
+                (Op::Forget, Some(was)) => {
+                    e.deltas.add(&item.hashes, was, -1);
+                    delete
+                        .execute(params![&item.digest[..]])
+                        .map_err(|e| self.err(e))?;
+                    e.applied.forgotten += 1;
+                    e.seen_delta -= 1;
+                }
+                (Op::Forget, None) => e.applied.unknown += 1,
+            }
+        }
+        Ok(e)
+    }
+
+    /// Writes the count changes (in key order: the B-tree is walked once) and marks their
+    /// blocks; returns how many features are new.
+    fn write_tokens(
+        &self,
+        tx: &rusqlite::Transaction<'_>,
+        deltas: &Deltas,
+        generation: i64,
+    ) -> Result<i64, StoreError> {
+        let mut read = tx
+            .prepare_cached("SELECT spam, ham FROM tokens WHERE h = ?1")
+            .map_err(|e| self.err(e))?;
+        let mut insert = tx
+            .prepare_cached("INSERT INTO tokens (h, spam, ham, gen) VALUES (?1, ?2, ?3, ?4)")
+            .map_err(|e| self.err(e))?;
+        let mut update = tx
+            .prepare_cached("UPDATE tokens SET spam = ?2, ham = ?3, gen = ?4 WHERE h = ?1")
+            .map_err(|e| self.err(e))?;
+        let mut mark = tx
+            .prepare_cached(
+                "INSERT INTO dirty (block, gen) VALUES (?1, ?2)
+                 ON CONFLICT(block) DO UPDATE SET gen = excluded.gen",
+            )
+            .map_err(|e| self.err(e))?;
+        let mut changed: Vec<(i64, (i64, i64))> = deltas
+            .tokens
+            .iter()
+            .filter(|(_, (spam, ham))| *spam != 0 || *ham != 0)
+            .map(|(h, d)| (*h as i64, *d))
+            .collect();
+        changed.sort_unstable_by_key(|(h, _)| *h);
+        let mut added = 0;
+        let mut last_block = None;
+        for (h, (spam, ham)) in changed {
+            let old: Option<(i64, i64)> = read
+                .query_row(params![h], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()
+                .map_err(|e| self.err(e))?;
+            match old {
+                Some((s, n)) => update
+                    .execute(params![h, (s + spam).max(0), (n + ham).max(0), generation])
+                    .map_err(|e| self.err(e))?,
+                None if spam > 0 || ham > 0 => {
+                    added += 1;
+                    insert
+                        .execute(params![h, spam.max(0), ham.max(0), generation])
+                        .map_err(|e| self.err(e))?
+                }
+                None => 0,
+            };
+            let block = block_of(h as u64);
+            if last_block != Some(block) {
+                mark.execute(params![block, generation])
+                    .map_err(|e| self.err(e))?;
+                last_block = Some(block);
+            }
+        }
+        Ok(added)
+    }
+
+    /// Drops the rarest, least recently learned features beyond `max_tokens` (down to 90% of
+    /// it, so this does not run on every learn); returns the token count after.
+    fn prune(
+        &self,
+        tx: &rusqlite::Transaction<'_>,
+        tokens: i64,
+        generation: i64,
+    ) -> Result<i64, StoreError> {
+        let max = self.max_tokens as i64;
+        if tokens <= max {
+            return Ok(tokens);
+        }
+        let keep = max - max / 10;
+        tx.execute(
+            "DELETE FROM tokens WHERE h IN
+                 (SELECT h FROM tokens ORDER BY spam + ham, gen LIMIT ?1)",
+            params![tokens - keep],
+        )
+        .map_err(|e| self.err(e))?;
+        set_meta(tx, "pruned", generation).map_err(|e| self.err(e))?;
+        tracing::info!(
+            store = %self.path.display(),
+            dropped = tokens - keep,
+            kept = keep,
+            "classifier store pruned: the rarest, least recently learned features went ([classifier] max_tokens)"
+        );
+        Ok(keep)
+    }
+}
+
+fn set_meta(tx: &Connection, key: &str, value: i64) -> rusqlite::Result<()> {
+    tx.execute(
+        "INSERT INTO meta (key, value) VALUES (?1, ?2)
+         ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+        params![key, value],
+    )
+    .map(|_| ())
+}
+
 impl Store for SqliteStore {
-    fn changes(&self, since: u64) -> Result<(Meta, Vec<(u32, Counts)>), StoreError> {
+    fn changes(&self, since: u64) -> Result<Changes, StoreError> {
         let mut conn = self.conn();
         let tx = conn.transaction().map_err(|e| self.err(e))?;
-        let meta = meta_of(&read_meta(&tx).map_err(|e| self.err(e))?);
-        let mut out = Vec::new();
-        if meta.generation != since {
+        let values = read_meta(&tx).map_err(|e| self.err(e))?;
+        let meta = meta_of(&values);
+        let pruned = values.get("pruned").copied().unwrap_or(0);
+        let whole = since == 0 || pruned > since as i64 || meta.generation < since;
+        let mut out = Changes {
+            meta,
+            whole,
+            tokens: Vec::new(),
+        };
+        let to_counts = |spam: i64, ham: i64| Counts {
+            spam: spam.clamp(0, i64::from(u32::MAX)) as u32,
+            ham: ham.clamp(0, i64::from(u32::MAX)) as u32,
+        };
+        if whole {
+            let mut stmt = tx
+                .prepare_cached("SELECT h, spam, ham FROM tokens")
+                .map_err(|e| self.err(e))?;
+            let rows = stmt
+                .query_map([], |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        r.get::<_, i64>(1)?,
+                        r.get::<_, i64>(2)?,
+                    ))
+                })
+                .map_err(|e| self.err(e))?;
+            for row in rows {
+                let (h, spam, ham) = row.map_err(|e| self.err(e))?;
+                out.tokens.push((h as u64, to_counts(spam, ham)));
+            }
+        } else if meta.generation != since {
             let blocks: Vec<i64> = {
                 let mut stmt = tx
                     .prepare_cached("SELECT block FROM dirty WHERE gen > ?1 ORDER BY block")
@@ -352,35 +581,27 @@ impl Store for SqliteStore {
                 rows.collect::<Result<_, _>>().map_err(|e| self.err(e))?
             };
             let mut stmt = tx
-                .prepare_cached("SELECT slot, spam, ham FROM slots WHERE slot >= ?1 AND slot < ?2")
+                .prepare_cached("SELECT h, spam, ham FROM tokens WHERE h BETWEEN ?1 AND ?2")
                 .map_err(|e| self.err(e))?;
             for block in blocks {
+                let (lo, hi) = block_range(block);
                 let rows = stmt
-                    .query_map(
-                        params![block << BLOCK_BITS, (block + 1) << BLOCK_BITS],
-                        |r| {
-                            Ok((
-                                r.get::<_, i64>(0)?,
-                                r.get::<_, i64>(1)?,
-                                r.get::<_, i64>(2)?,
-                            ))
-                        },
-                    )
+                    .query_map(params![lo, hi], |r| {
+                        Ok((
+                            r.get::<_, i64>(0)?,
+                            r.get::<_, i64>(1)?,
+                            r.get::<_, i64>(2)?,
+                        ))
+                    })
                     .map_err(|e| self.err(e))?;
                 for row in rows {
-                    let (s, spam, ham) = row.map_err(|e| self.err(e))?;
-                    let counts = Counts {
-                        spam: spam.clamp(0, i64::from(u32::MAX)) as u32,
-                        ham: ham.clamp(0, i64::from(u32::MAX)) as u32,
-                    };
-                    if (0..SLOTS as i64).contains(&s) {
-                        out.push((s as u32, counts));
-                    }
+                    let (h, spam, ham) = row.map_err(|e| self.err(e))?;
+                    out.tokens.push((h as u64, to_counts(spam, ham)));
                 }
             }
         }
-        tx.commit().map_err(|e| self.err(e))?;
-        Ok((meta, out))
+        drop(tx);
+        Ok(out)
     }
 
     fn apply(&self, items: &[Item], source: Source) -> Result<Applied, StoreError> {
@@ -394,103 +615,16 @@ impl Store for SqliteStore {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs() as i64);
-        let mut applied = Applied::default();
-        let mut deltas = Deltas::default();
-        let mut learns: BTreeMap<Class, i64> = BTreeMap::new();
-        let mut seen_delta = 0i64;
-        {
-            let mut find = tx
-                .prepare_cached("SELECT class FROM seen WHERE digest = ?1")
-                .map_err(|e| self.err(e))?;
-            let mut upsert = tx
-                .prepare_cached(
-                    "INSERT INTO seen (digest, class, at) VALUES (?1, ?2, ?3)
-                     ON CONFLICT(digest) DO UPDATE SET class = excluded.class, at = excluded.at",
-                )
-                .map_err(|e| self.err(e))?;
-            let mut delete = tx
-                .prepare_cached("DELETE FROM seen WHERE digest = ?1")
-                .map_err(|e| self.err(e))?;
-            for item in items {
-                let before: Option<Class> = find
-                    .query_row(params![&item.digest[..]], |r| r.get::<_, i64>(0))
-                    .optional()
-                    .map_err(|e| self.err(e))?
-                    .map(Class::from_code);
-                match (item.op, before) {
-                    (Op::Learn(class), None) => {
-                        deltas.add(&item.hashes, class, 1);
-                        upsert
-                            .execute(params![&item.digest[..], class.code(), now])
-                            .map_err(|e| self.err(e))?;
-                        applied.learned += 1;
-                        seen_delta += 1;
-                        *learns.entry(class).or_default() += 1;
-                    }
-                    (Op::Learn(class), Some(was)) if was == class => applied.already += 1,
-                    (Op::Learn(class), Some(was)) => {
-                        deltas.add(&item.hashes, was, -1);
-                        deltas.add(&item.hashes, class, 1);
-                        upsert
-                            .execute(params![&item.digest[..], class.code(), now])
-                            .map_err(|e| self.err(e))?;
-                        applied.moved += 1;
-                        *learns.entry(class).or_default() += 1;
-                    }
-                    (Op::Forget, Some(was)) => {
-                        deltas.add(&item.hashes, was, -1);
-                        delete
-                            .execute(params![&item.digest[..]])
-                            .map_err(|e| self.err(e))?;
-                        applied.forgotten += 1;
-                        seen_delta -= 1;
-                    }
-                    (Op::Forget, None) => applied.unknown += 1,
-                }
-            }
-            let mut write = tx
-                .prepare_cached(
-                    "INSERT INTO slots (slot, spam, ham) VALUES (?1, max(0, ?2), max(0, ?3))
-                     ON CONFLICT(slot) DO UPDATE SET spam = max(0, spam + ?2),
-                         ham = max(0, ham + ?3)",
-                )
-                .map_err(|e| self.err(e))?;
-            let mut mark = tx
-                .prepare_cached(
-                    "INSERT INTO dirty (block, gen) VALUES (?1, ?2)
-                     ON CONFLICT(block) DO UPDATE SET gen = excluded.gen",
-                )
-                .map_err(|e| self.err(e))?;
-            // In slot order: the B-tree is then walked once, page after page.
-            let mut changed: Vec<(u32, (i64, i64))> = deltas
-                .slots
-                .into_iter()
-                .filter(|(_, (spam, ham))| *spam != 0 || *ham != 0)
-                .collect();
-            changed.sort_unstable_by_key(|(s, _)| *s);
-            let mut last_block = None;
-            for (s, (spam, ham)) in &changed {
-                write
-                    .execute(params![i64::from(*s), spam, ham])
-                    .map_err(|e| self.err(e))?;
-                let block = i64::from(*s) >> BLOCK_BITS;
-                if last_block != Some(block) {
-                    mark.execute(params![block, generation])
-                        .map_err(|e| self.err(e))?;
-                    last_block = Some(block);
-                }
-            }
-        }
+        let Effect {
+            applied,
+            deltas,
+            learns,
+            seen_delta,
+        } = self.record_items(&tx, items, now)?;
+        let added = self.write_tokens(&tx, &deltas, generation)?;
         let changed = applied.learned + applied.moved + applied.forgotten > 0;
         if changed {
-            let set = |key: &str, value: i64| {
-                tx.execute(
-                    "INSERT INTO meta (key, value) VALUES (?1, ?2)
-                     ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-                    params![key, value],
-                )
-                .map(|_| ())
-            };
+            let set = |key: &str, value: i64| set_meta(&tx, key, value);
             let get = |key: &str| values.get(key).copied().unwrap_or(0);
             let seen = (get("seen") + seen_delta).max(0);
             set("generation", generation).map_err(|e| self.err(e))?;
@@ -498,6 +632,8 @@ impl Store for SqliteStore {
             set("ham", (get("ham") + deltas.totals[0]).max(0)).map_err(|e| self.err(e))?;
             set("updated", now).map_err(|e| self.err(e))?;
             set("seen", seen).map_err(|e| self.err(e))?;
+            let tokens = self.prune(&tx, get("tokens") + added, generation)?;
+            set("tokens", tokens).map_err(|e| self.err(e))?;
             for (class, n) in &learns {
                 let key = learns_key(source, *class);
                 set(&key, get(&key) + n).map_err(|e| self.err(e))?;
@@ -525,9 +661,10 @@ impl Store for SqliteStore {
     fn stats(&self) -> Result<Stats, StoreError> {
         let conn = self.conn();
         let values = read_meta(&conn).map_err(|e| self.err(e))?;
-        let used: i64 = conn
+        // Rows whose counts fell to 0 (forgotten) stay until a prune; they are not features.
+        let held: i64 = conn
             .query_row(
-                "SELECT count(*) FROM slots WHERE spam > 0 OR ham > 0",
+                "SELECT count(*) FROM tokens WHERE spam > 0 OR ham > 0",
                 [],
                 |r| r.get(0),
             )
@@ -543,7 +680,7 @@ impl Store for SqliteStore {
         let wal = PathBuf::from(format!("{}-wal", self.path.display()));
         Ok(Stats {
             meta: meta_of(&values),
-            used_slots: used.max(0) as u64,
+            tokens: held.max(0) as u64,
             seen: values.get("seen").copied().unwrap_or(0).max(0) as u64,
             bytes: size(&self.path) + size(&wal),
             learns,
@@ -569,7 +706,7 @@ mod tests {
     fn learn_twice_counts_once_relearn_moves_forget_undoes() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("c.db");
-        let store = SqliteStore::open(&path, true, 10_000).expect("open");
+        let store = SqliteStore::open(&path, true, 10_000, 1_000_000).expect("open");
         let spam = Op::Learn(Class::Spam);
         let a = store
             .apply(
@@ -578,14 +715,17 @@ mod tests {
             )
             .expect("apply");
         assert_eq!((a.learned, a.already), (1, 1));
-        let (meta, rows) = store.changes(0).expect("changes");
-        assert_eq!((meta.spam, meta.ham, rows.len()), (1, 0, 2));
+        let c = store.changes(0).expect("changes");
+        let meta = c.meta;
+        assert_eq!((meta.spam, meta.ham, c.tokens.len()), (1, 0, 2));
         let moved = store
             .apply(&[item(1, Op::Learn(Class::Ham), &[10, 11])], Source::Cli)
             .expect("apply");
         assert_eq!(moved.moved, 1);
-        let (meta, rows) = store.changes(meta.generation).expect("changes");
-        assert_eq!((meta.spam, meta.ham), (0, 1));
+        let c = store.changes(meta.generation).expect("changes");
+        assert!(!c.whole);
+        assert_eq!((c.meta.spam, c.meta.ham), (0, 1));
+        let rows = c.tokens;
         assert!(
             rows.iter().all(|(_, c)| c.spam == 0 && c.ham == 1),
             "{rows:?}"
@@ -599,12 +739,7 @@ mod tests {
         assert_eq!((f.forgotten, f.unknown), (1, 1));
         let stats = store.stats().expect("stats");
         assert_eq!(
-            (
-                stats.meta.spam,
-                stats.meta.ham,
-                stats.seen,
-                stats.used_slots
-            ),
+            (stats.meta.spam, stats.meta.ham, stats.seen, stats.tokens),
             (0, 0, 0, 0)
         );
         assert_eq!(stats.learns.get(&(Source::Cli, Class::Spam)), Some(&1));
@@ -616,14 +751,14 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("c.db");
         {
-            let store = SqliteStore::open(&path, true, 10_000).expect("open");
+            let store = SqliteStore::open(&path, true, 10_000, 1_000_000).expect("open");
             store
                 .apply(&[item(1, Op::Learn(Class::Ham), &[5])], Source::Autolearn)
                 .expect("apply");
         }
-        let store = SqliteStore::open(&path, false, 10_000).expect("reopen");
-        let (meta, rows) = store.changes(0).expect("changes");
-        assert_eq!((meta.ham, rows.len()), (1, 1));
+        let store = SqliteStore::open(&path, false, 10_000, 1_000_000).expect("reopen");
+        let c = store.changes(0).expect("changes");
+        assert_eq!((c.meta.ham, c.tokens.len()), (1, 1));
     }
 
     #[test]
@@ -631,7 +766,9 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("c.db");
         std::fs::write(&path, vec![0x42u8; 8192]).expect("write");
-        let err = SqliteStore::open(&path, true, 10_000).err().expect("error");
+        let err = SqliteStore::open(&path, true, 10_000, 1_000_000)
+            .err()
+            .expect("error");
         assert!(matches!(err, StoreError::Corrupt { .. }), "{err:?}");
         let text = err.to_string();
         assert!(text.contains("c.db") && text.contains("mv "), "{text}");
@@ -641,18 +778,73 @@ mod tests {
     fn a_missing_file_is_not_created_unless_asked() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("absent.db");
-        assert!(SqliteStore::open(&path, false, 10_000).is_err());
+        assert!(SqliteStore::open(&path, false, 10_000, 1_000_000).is_err());
         assert!(!path.exists());
     }
 
     #[test]
     fn seen_digests_are_bounded() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = SqliteStore::open(&dir.path().join("c.db"), true, 3).expect("open");
+        let store = SqliteStore::open(&dir.path().join("c.db"), true, 3, 1_000_000).expect("open");
         let items: Vec<Item> = (0..5)
             .map(|n| item(n, Op::Learn(Class::Spam), &[1]))
             .collect();
         store.apply(&items, Source::Cli).expect("apply");
         assert_eq!(store.stats().expect("stats").seen, 3);
+    }
+
+    #[test]
+    fn tokens_are_bounded_and_a_prune_makes_readers_reload_whole() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = SqliteStore::open(&dir.path().join("c.db"), true, 10_000, 100).expect("open");
+        let first: Vec<u64> = (0..60).collect();
+        store
+            .apply(&[item(1, Op::Learn(Class::Spam), &first)], Source::Cli)
+            .expect("apply");
+        let before = store.changes(0).expect("changes").meta.generation;
+        // 60 more: 120 > 100, pruned to 90 — the features seen once, oldest first.
+        let more: Vec<u64> = (1000..1060).collect();
+        store
+            .apply(&[item(2, Op::Learn(Class::Ham), &more)], Source::Cli)
+            .expect("apply");
+        assert_eq!(store.stats().expect("stats").tokens, 90);
+        let c = store.changes(before).expect("changes");
+        assert!(c.whole);
+        assert_eq!(c.tokens.len(), 90);
+        // The newest features were kept.
+        assert!(c.tokens.iter().any(|(h, _)| *h == 1059));
+    }
+
+    #[test]
+    fn negative_and_large_hashes_round_trip() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = SqliteStore::open(&dir.path().join("c.db"), true, 10_000, 1000).expect("open");
+        let hashes = [
+            0u64,
+            1,
+            u64::MAX,
+            1 << 63,
+            (1 << 63) - 1,
+            0xdead_beef_0000_0001,
+        ];
+        store
+            .apply(&[item(1, Op::Learn(Class::Spam), &hashes)], Source::Cli)
+            .expect("apply");
+        let base = store.changes(0).expect("changes");
+        let mut got: Vec<u64> = base.tokens.iter().map(|(h, _)| *h).collect();
+        got.sort_unstable();
+        let mut want = hashes.to_vec();
+        want.sort_unstable();
+        assert_eq!(got, want);
+        // A delta read finds them in their blocks too.
+        store
+            .apply(&[item(2, Op::Learn(Class::Ham), &hashes)], Source::Cli)
+            .expect("apply");
+        let delta = store.changes(base.meta.generation).expect("changes");
+        assert!(!delta.whole);
+        let mut got: Vec<u64> = delta.tokens.iter().map(|(h, _)| *h).collect();
+        got.sort_unstable();
+        assert_eq!(got, want);
+        assert!(delta.tokens.iter().all(|(_, c)| c.spam == 1 && c.ham == 1));
     }
 }
