@@ -61,6 +61,9 @@ pub struct FitOptions {
     /// Rules hitting fewer training messages keep their current score.
     #[arg(long, default_value_t = Params::default().min_hits)]
     pub min_hits: usize,
+    /// Log-odds per score point: higher fits the decision at the threshold more sharply.
+    #[arg(long, default_value_t = Params::default().sharpness)]
+    pub sharpness: f64,
     /// Threshold the scores are fitted for (default: [policy] tag_score).
     #[arg(long)]
     pub threshold: Option<f64>,
@@ -129,6 +132,7 @@ pub fn fit_to_cf(opts: &FitOptions) -> Result<String, FitRunError> {
         ham_weight: opts.ham_weight,
         l2: opts.l2,
         min_hits: opts.min_hits,
+        sharpness: opts.sharpness,
         ..Params::default()
     };
     let budget = Duration::from_millis(config.rules.scan_timeout_ms.max(10_000));
@@ -171,6 +175,7 @@ pub fn fit_to_cf(opts: &FitOptions) -> Result<String, FitRunError> {
         folds: opts.folds,
         examples: &examples,
         group_of: &group_of,
+        command: command_line(),
     };
     eprint!("{}", report.figures());
     Ok(report.render())
@@ -313,6 +318,8 @@ struct Report<'a> {
     folds: usize,
     examples: &'a [Example],
     group_of: &'a [usize],
+    /// The command line that made this, for the header.
+    command: String,
 }
 
 impl Report<'_> {
@@ -383,7 +390,8 @@ impl Report<'_> {
         let _ = writeln!(
             out,
             "# Rule scores fitted by `mailwarden rules fit` (generated: do not edit by hand;\n\
-             # put overrides in a later file such as 99_local.cf, or refit).\n#\n# corpus:"
+             # put overrides in a later file such as 99_local.cf, or refit).\n#\n# regenerate with: {}\n# corpus:",
+            self.command
         );
         for g in self.groups {
             let _ = writeln!(
@@ -396,10 +404,10 @@ impl Report<'_> {
         }
         let _ = writeln!(
             out,
-            "# method: logistic regression on rule hits, P(spam) = sigmoid(sum of scores - {}),\n\
+            "# method: logistic regression on rule hits, P(spam) = sigmoid({} * (sum of scores - {})),\n\
              #   ham weight {}, L2 {} per squared point, scores 0..{} ({}..0 for tflags nice),\n\
              #   rules with fewer than {} hits keep their score; fixed rules are not fitted.",
-            p.threshold, p.ham_weight, p.l2, p.cap, -p.nice_cap, p.min_hits
+            p.sharpness, p.threshold, p.ham_weight, p.l2, p.cap, -p.nice_cap, p.min_hits
         );
         for line in self.figures().lines() {
             let _ = writeln!(out, "# {line}");
@@ -418,12 +426,27 @@ impl Report<'_> {
                 fixed.join(", ")
             );
         }
+        let kept: Vec<&str> = self
+            .rules
+            .iter()
+            .zip(&self.fit.origins)
+            .filter(|(_, o)| **o == Origin::Kept)
+            .map(|(r, _)| r.name.as_str())
+            .collect();
+        if !kept.is_empty() {
+            let _ = writeln!(
+                out,
+                "# not fitted, fewer than {} hits (their rule-file scores stand): {}",
+                p.min_hits,
+                kept.join(", ")
+            );
+        }
         let _ = writeln!(out);
         out.push_str(&self.score_lines());
         out
     }
 
-    /// `score NAME value   # origin, spam and ham hits` for every rule not fixed.
+    /// `score NAME value   # spam and ham hits` for every fitted rule.
     fn score_lines(&self) -> String {
         let mut spam_hits = vec![0usize; self.rules.len()];
         let mut ham_hits = vec![0usize; self.rules.len()];
@@ -438,14 +461,12 @@ impl Report<'_> {
         }
         let mut out = String::new();
         for (i, rule) in self.rules.iter().enumerate() {
-            let origin = match self.fit.origins[i] {
-                Origin::Fixed => continue,
-                Origin::Fitted => "fitted",
-                Origin::Kept => "kept: too few hits",
-            };
+            if self.fit.origins[i] != Origin::Fitted {
+                continue;
+            }
             let _ = writeln!(
                 out,
-                "score {:<28} {:>7}   # {origin}; spam {}, ham {}",
+                "score {:<28} {:>7}   # spam {}, ham {}",
                 rule.name,
                 format_score(self.fit.scores[i], rule.nice),
                 spam_hits[i],
@@ -454,6 +475,21 @@ impl Report<'_> {
         }
         out
     }
+}
+
+/// `mailwarden rules fit ARGS` as run (arguments with spaces quoted), then `> FILE`.
+fn command_line() -> String {
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .map(|a| {
+            if a.contains(char::is_whitespace) {
+                format!("'{a}'")
+            } else {
+                a
+            }
+        })
+        .collect();
+    format!("mailwarden {} > rules/90_scores.cf", args.join(" "))
 }
 
 /// Three decimals, as SpamAssassin writes them; a 0 becomes ±0.001 because a rule scored 0

@@ -16,7 +16,7 @@
 //! (in units of one message of weight 1), minimised under box constraints: ordinary rules get
 //! `0 ≤ s ≤ cap`, `nice` rules (signs of ham) `−nice_cap ≤ s ≤ 0`. Rules marked fixed keep
 //! their score and only shift the sum; rules with fewer than `min_hits` training hits keep
-//! their given score (clamped into their box), since a handful of messages says little.
+//! their given score (not fitted, not clamped), since a handful of messages says little.
 //!
 //! The minimiser is accelerated projected gradient (FISTA with restart) under a diagonal
 //! majoriser of the Hessian: for the log loss `H ≤ (α²/4)·Xᵀ W X ≤ diag_i((α²/4)·Σ_j w_j x_ij
@@ -31,7 +31,7 @@ pub struct Rule {
     pub nice: bool,
     /// A score that is not fitted (certainty rules: GTUBE, lists, virus, DMARC).
     pub fixed: Option<f64>,
-    /// The score it has now: kept (clamped into its bounds) when it hits too rarely to fit.
+    /// The score it has now: kept when it hits too rarely to fit.
     pub current: f64,
 }
 
@@ -70,9 +70,9 @@ impl Default for Params {
         Params {
             threshold: 5.0,
             cap: 4.0,
-            nice_cap: 1.5,
-            ham_weight: 5.0,
-            l2: 1.0,
+            nice_cap: 1.0,
+            ham_weight: 10.0,
+            l2: 0.3,
             min_hits: 5,
             sharpness: 1.0,
             max_iterations: 20_000,
@@ -88,7 +88,7 @@ pub enum Origin {
     Fitted,
     /// Fixed by the caller (certainty rules).
     Fixed,
-    /// Too few hits to learn from: the current score, clamped into the rule's bounds.
+    /// Too few hits to learn from: the current score, unchanged.
     Kept,
 }
 
@@ -199,12 +199,11 @@ pub fn fit(rules: &[Rule], examples: &[Example], params: &Params) -> Result<Fit,
     let mut scores = vec![0.0; rules.len()];
     let mut origins = vec![Origin::Kept; rules.len()];
     for (i, rule) in rules.iter().enumerate() {
-        let (lo, hi) = bounds(rule, params);
         if let Some(v) = rule.fixed {
             scores[i] = v;
             origins[i] = Origin::Fixed;
         } else if hits[i] < params.min_hits.max(1) {
-            scores[i] = rule.current.clamp(lo, hi);
+            scores[i] = rule.current;
         } else {
             origins[i] = Origin::Fitted;
         }
@@ -614,9 +613,9 @@ mod tests {
         let fit = fit(&rules, &examples, &params).expect("fit");
         assert_eq!(fit.scores[4], 1000.0);
         assert_eq!(fit.origins[4], Origin::Fixed);
-        // One hit < min_hits: the current score, clamped to the cap.
+        // One hit < min_hits: the current score, unchanged.
         assert_eq!(fit.origins[5], Origin::Kept);
-        assert_eq!(fit.scores[5], params.cap);
+        assert_eq!(fit.scores[5], 7.5);
     }
 
     #[test]
