@@ -274,7 +274,7 @@ impl Filter {
     /// Queues a scanned message for autolearning when its score is clearly spam or ham, after
     /// the sender and virus policies had their say. Never for a virus, a list hit (no vote
     /// then) or a deferred message (it comes again).
-    fn autolearn(&self, scan: &Scan, av: Option<&clamav::Outcome>) {
+    fn autolearn(&self, scan: &Scan, message: &[u8], av: Option<&clamav::Outcome>) {
         let (Some(c), Some(vote)) = (&self.classifier, &scan.classifier) else {
             return;
         };
@@ -288,7 +288,7 @@ impl Filter {
         match c.autolearn_class(scan.score_without_classifier()) {
             // Ham only when it is let through as it is (not refused by DMARC, say).
             Some(classifier::Class::Ham) if scan.decision.action != PolicyAction::Accept => {}
-            Some(class) => c.autolearn(vote.item(class)),
+            Some(class) => c.autolearn(vote.item(message, class)),
             None => {}
         }
     }
@@ -593,7 +593,7 @@ impl Filter {
         // The virus scan last: a virus overrides the score, the allow list and milder policies.
         let av_outcome = av;
         let av = self.apply_clamav_policy(&mut scan, av);
-        self.autolearn(&scan, av_outcome);
+        self.autolearn(&scan, message, av_outcome);
         let reply = av.reply.clone().or(auth_reply);
         let d = &scan.decision;
         let names = scan.hit_names();

@@ -108,8 +108,7 @@ pub struct Outcome {
     pub answer: Answer,
     /// The most telling features (text, f(w)), for `scan --explain`; empty unless asked for.
     pub clues: Vec<(String, f64)>,
-    /// The message's digest and features (autolearn reuses them).
-    pub digest: [u8; 32],
+    /// The message's features (autolearn reuses them).
     pub hashes: Vec<u64>,
 }
 
@@ -143,10 +142,10 @@ impl Outcome {
         }
     }
 
-    /// The message as an item to learn as `class`.
-    pub fn item(&self, class: Class) -> Item {
+    /// The message (`raw`: the one classified) as an item to learn as `class`.
+    pub fn item(&self, raw: &[u8], class: Class) -> Item {
         Item {
-            digest: self.digest,
+            digest: digest(raw),
             op: Op::Learn(class),
             hashes: self.hashes.clone(),
         }
@@ -264,7 +263,6 @@ impl Classifier {
     /// Classifies a parsed message. With `explain`, the outcome lists the telling features.
     pub fn classify(&self, message: &Message, explain: bool) -> Outcome {
         let features = tokens::features(message, explain);
-        let digest = digest(message.raw());
         let failing = self
             .failing
             .lock()
@@ -275,7 +273,6 @@ impl Classifier {
             return Outcome {
                 answer: Answer::Failed(error),
                 clues: Vec::new(),
-                digest,
                 hashes: features.hashes,
             };
         }
@@ -288,7 +285,6 @@ impl Classifier {
                     ham: s.model.ham,
                 },
                 clues: Vec::new(),
-                digest,
                 hashes: features.hashes,
             };
         }
@@ -312,7 +308,6 @@ impl Classifier {
                 symbols: bayes::band_symbols(probability),
             },
             clues,
-            digest,
             hashes: features.hashes,
         }
     }
@@ -483,13 +478,10 @@ mod tests {
         assert!(first.to_json().is_null());
         let mut items = Vec::new();
         for n in 0..10 {
-            let spam = c.classify(&msg("cheap pills", "buy viagra now cheap", n), false);
-            items.push(spam.item(Class::Spam));
-            let ham = c.classify(
-                &msg("meeting notes", "agenda for the project meeting", n),
-                false,
-            );
-            items.push(ham.item(Class::Ham));
+            let m = msg("cheap pills", "buy viagra now cheap", n);
+            items.push(c.classify(&m, false).item(m.raw(), Class::Spam));
+            let m = msg("meeting notes", "agenda for the project meeting", n);
+            items.push(c.classify(&m, false).item(m.raw(), Class::Ham));
         }
         let applied = c.apply(&items, Source::Cli).expect("apply");
         assert_eq!(applied.learned, 20);
@@ -514,7 +506,7 @@ mod tests {
         let serving = Classifier::open(&config(dir.path(), 1), true).expect("open");
         let learner = Classifier::open(&config(dir.path(), 1), false).expect("open");
         let m = msg("x", "hello world", 1);
-        let item = learner.classify(&m, false).item(Class::Spam);
+        let item = learner.classify(&m, false).item(m.raw(), Class::Spam);
         learner.apply(&[item], Source::Cli).expect("apply");
         assert_eq!(serving.counts(), (0, 0));
         assert_eq!(serving.refresh(), Ok(true));

@@ -81,65 +81,124 @@ impl Collector {
         }
     }
 
-    fn add_pair(&mut self, distance: usize, a: &str, b: &str) {
+    /// A pair from the two words' hashes (no text is built unless asked for).
+    fn add_pair(&mut self, distance: usize, a: (u64, &str), b: (u64, &str)) {
         if self.full() {
             return;
         }
-        let d = [b'0' + distance as u8];
-        let h = hash(&[b"o", &d, a.as_bytes(), b.as_bytes()]);
+        let h = pair_hash(distance, a.0, b.0);
         self.hashes.push(h);
         if let Some(texts) = self.texts.as_mut() {
             texts
                 .entry(h)
-                .or_insert_with(|| format!("{a} {}{b}", "_ ".repeat(distance - 1)));
+                .or_insert_with(|| format!("{} {}{}", a.1, "_ ".repeat(distance - 1), b.1));
         }
     }
+
+    /// A word, already lower-cased in `word`, with `prefix`; returns its hash.
+    fn add_word(&mut self, prefix: &str, word: &str) -> u64 {
+        let h = hash(&[b"", prefix.as_bytes(), word.as_bytes()]);
+        if !self.full() {
+            self.hashes.push(h);
+            if let Some(texts) = self.texts.as_mut() {
+                texts.entry(h).or_insert_with(|| format!("{prefix}{word}"));
+            }
+        }
+        h
+    }
+}
+
+/// The feature of two words `distance` apart (1 = adjacent).
+fn pair_hash(distance: usize, a: u64, b: u64) -> u64 {
+    let mut h = a.rotate_left(17) ^ b.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ (distance as u64) << 56;
+    h ^= h >> 30;
+    h = h.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    h ^= h >> 27;
+    h = h.wrapping_mul(0x94d0_49bb_1331_11eb);
+    h ^ (h >> 31)
 }
 
 /// A word as a feature: lower-case, punctuation around it trimmed; `None` for what carries no
 /// meaning (one- and two-letter words, pure punctuation). Very long words (encoded junk,
 /// hashes) count by their start, as SpamAssassin's "skip" tokens do.
 fn normalise(word: &str) -> Option<String> {
+    let mut buf = String::new();
+    normalise_into(word, &mut buf).then_some(buf)
+}
+
+/// [`normalise`] into a reused buffer; false when the word is not a feature.
+fn normalise_into(word: &str, buf: &mut String) -> bool {
+    buf.clear();
     let trimmed = word.trim_matches(|c: char| !c.is_alphanumeric() && c != '$' && c != '%');
+    if trimmed.is_ascii() {
+        let count = trimmed.len();
+        if count < 3 {
+            return false;
+        }
+        if count > 24 {
+            buf.push_str("sk:");
+            buf.push_str(&trimmed[..8]);
+        } else {
+            buf.push_str(trimmed);
+        }
+        buf.make_ascii_lowercase();
+        return true;
+    }
     let count = trimmed.chars().count();
     if count < 3 {
-        return None;
+        return false;
     }
-    let lower = trimmed.to_lowercase();
     if count > 24 {
-        let head: String = lower.chars().take(8).collect();
-        return Some(format!("sk:{head}"));
+        buf.push_str("sk:");
+        buf.extend(trimmed.chars().take(8).flat_map(char::to_lowercase));
+    } else {
+        buf.extend(trimmed.chars().flat_map(char::to_lowercase));
     }
-    Some(lower)
+    true
 }
 
 /// Words and their pairs, with `prefix` on every word ("" for the body, "S:" for the Subject).
 fn add_text(out: &mut Collector, prefix: &str, text: &str, budget: &mut usize) {
-    let mut window: Vec<String> = Vec::with_capacity(OSB_WINDOW + 1);
+    // The last words: their hashes, and their text only when texts are kept.
+    let keep_text = out.texts.is_some();
+    let mut window: std::collections::VecDeque<(u64, String)> =
+        std::collections::VecDeque::with_capacity(OSB_WINDOW + 1);
+    let mut word = String::new();
     for chunk in text.split_whitespace() {
-        let lower = chunk.to_ascii_lowercase();
-        if lower.contains("://") || lower.starts_with("www.") || lower.starts_with("mailto:") {
+        if is_link(chunk) {
             continue; // links are features of their own
         }
         for raw in chunk.split(['/', '|', '<', '>']) {
             if *budget == 0 || out.full() {
                 return;
             }
-            let Some(word) = normalise(raw) else {
+            if !normalise_into(raw, &mut word) {
                 continue;
-            };
+            }
             *budget -= 1;
-            let word = format!("{prefix}{word}");
-            out.add("", &word);
-            for (back, earlier) in window.iter().rev().enumerate() {
-                out.add_pair(back + 1, earlier, &word);
+            let h = out.add_word(prefix, &word);
+            let text = if keep_text {
+                format!("{prefix}{word}")
+            } else {
+                String::new()
+            };
+            for (back, (eh, etext)) in window.iter().rev().enumerate() {
+                out.add_pair(back + 1, (*eh, etext), (h, &text));
             }
             if window.len() == OSB_WINDOW {
-                window.remove(0);
+                window.pop_front();
             }
-            window.push(word);
+            window.push_back((h, text));
         }
     }
+}
+
+/// `http://…`, `www.…`, `mailto:…` (any case).
+fn is_link(chunk: &str) -> bool {
+    let b = chunk.as_bytes();
+    chunk.contains("://")
+        || b.len() >= 4 && b[..4].eq_ignore_ascii_case(b"www.")
+        || b.len() >= 7 && b[..7].eq_ignore_ascii_case(b"mailto:")
 }
 
 /// The address inside `<…>` (or the whole value), lower-case.
@@ -371,6 +430,19 @@ mod tests {
         let mut sorted = f.hashes.clone();
         sorted.dedup();
         assert_eq!(sorted.len(), f.hashes.len());
+    }
+
+    #[test]
+    fn multibyte_words_and_links_never_split_a_character() {
+        let f = feats("Subject: x\r\n\r\nwwé.éé mailé:x ÄÖÜ-straße www.EXAMPLE.com\r\n");
+        let t = texts(&f);
+        assert!(t.iter().any(|x| x == "äöü-straße"), "{t:?}");
+        // The link is a link feature (U:…), never words.
+        assert!(
+            !t.iter()
+                .any(|x| x.contains("example") && !x.starts_with("U:")),
+            "{t:?}"
+        );
     }
 
     #[test]
