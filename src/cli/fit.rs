@@ -21,11 +21,17 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use crate::config::Config;
+use crate::filter::classifier::bayes::{Model, band_symbols};
+use crate::filter::classifier::{self as classifier_symbols, tokens};
+use crate::filter::message::Message;
 use crate::filter::rules::fit::{self, CrossValidation, Example, Fit, Origin, Params, Rule};
 use crate::filter::rules::{LoadOptions, RuleSet};
 use crate::filter::{Engine, ScanContext};
 
 use super::sources;
+
+/// The classifier's bands below 0.5 (fitted with `--classifier`, allowed negative scores).
+const HAM_BANDS: [&str; 4] = ["BAYES_00", "BAYES_05", "BAYES_20", "BAYES_40"];
 
 /// A score at least this large (either sign) marks a rule as certainty: not fitted.
 pub const FIXED_MAGNITUDE: f64 = 20.0;
@@ -70,6 +76,12 @@ pub struct FitOptions {
     /// Also keep this rule's current score (repeat for several).
     #[arg(long)]
     pub fixed: Vec<String>,
+    /// Fit the classifier's BAYES_* scores, with every rule's score kept as the rule files
+    /// have it: each message gets the band of a classifier trained (in memory) on the other
+    /// folds, never on itself. (One score set must also serve while the classifier is not
+    /// voting yet, so the rules are fitted without it first, then the bands on top.)
+    #[arg(long)]
+    pub classifier: bool,
 }
 
 /// Why a fit run failed.
@@ -104,6 +116,8 @@ struct Group {
     spam: bool,
     /// Per message: names of the (non-`__`) rules that hit.
     hits: Vec<Vec<String>>,
+    /// Per message: the classifier's features (with `--classifier`).
+    features: Vec<Vec<u64>>,
     timeouts: usize,
 }
 
@@ -140,7 +154,7 @@ pub fn fit_to_cf(opts: &FitOptions) -> Result<String, FitRunError> {
     let mut groups = Vec::new();
     for (paths, spam) in [(&opts.spam, true), (&opts.ham, false)] {
         for path in paths {
-            let group = scan_group(&engine, path, spam, budget)?;
+            let group = scan_group(&engine, path, spam, budget, opts.classifier)?;
             eprintln!(
                 "scanned {} {} message(s) in {} ({:.1} s so far{})",
                 group.hits.len(),
@@ -156,7 +170,11 @@ pub fn fit_to_cf(opts: &FitOptions) -> Result<String, FitRunError> {
             groups.push(group);
         }
     }
-    let (rules, examples, group_of) = build_problem(&engine.rules, &groups, &opts.fixed);
+    if opts.classifier {
+        add_classifier_bands(&mut groups, opts.folds);
+    }
+    let (rules, examples, group_of) =
+        build_problem(&engine.rules, &groups, &opts.fixed, opts.classifier);
     let cv = if opts.folds > 1 {
         Some(
             fit::cross_validate(&rules, &examples, &group_of, opts.folds, &params)
@@ -165,7 +183,10 @@ pub fn fit_to_cf(opts: &FitOptions) -> Result<String, FitRunError> {
     } else {
         None
     };
-    let fitted = fit::fit(&rules, &examples, &params).map_err(FitRunError::Fit)?;
+    let mut fitted = fit::fit(&rules, &examples, &params).map_err(FitRunError::Fit)?;
+    if opts.classifier {
+        monotone_bands(&rules, &mut fitted.scores);
+    }
     let report = Report {
         groups: &groups,
         rules: &rules,
@@ -206,6 +227,7 @@ fn scan_group(
     path: &PathBuf,
     spam: bool,
     budget: Duration,
+    features: bool,
 ) -> Result<Group, FitRunError> {
     let (messages, _) =
         sources::read_all(std::slice::from_ref(path)).map_err(FitRunError::Source)?;
@@ -216,16 +238,22 @@ fn scan_group(
         .map_or(2, |n| n.get())
         .min(messages.len());
     let ctx = ScanContext::default();
-    let mut results: Vec<(usize, Vec<String>, bool)> = std::thread::scope(|scope| {
+    let mut results: Vec<(usize, Vec<String>, bool, Vec<u64>)> = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..workers)
             .map(|w| {
                 let (messages, ctx) = (&messages, &ctx);
                 scope.spawn(move || {
                     let mut out = Vec::new();
                     for (i, m) in messages.iter().enumerate().skip(w).step_by(workers) {
-                        let scan = engine.scan(m.raw.clone(), ctx, budget);
+                        let message = Message::parse(m.raw.clone());
+                        let hashes = if features {
+                            tokens::features(&message, false).hashes
+                        } else {
+                            Vec::new()
+                        };
+                        let scan = engine.scan_message(message, ctx, budget);
                         let names = scan.symbols.into_iter().map(|s| s.name).collect();
-                        out.push((i, names, scan.timed_out));
+                        out.push((i, names, scan.timed_out, hashes));
                     }
                     out
                 })
@@ -244,14 +272,76 @@ fn scan_group(
             messages.len() - results.len()
         )));
     }
-    results.sort_by_key(|(i, _, _)| *i);
+    results.sort_by_key(|(i, _, _, _)| *i);
     let timeouts = results.iter().filter(|r| r.2).count();
+    let (hits, features) = results.into_iter().map(|(_, n, _, f)| (n, f)).unzip();
     Ok(Group {
         path: path.clone(),
         spam,
-        hits: results.into_iter().map(|(_, names, _)| names).collect(),
+        hits,
+        features,
         timeouts,
     })
+}
+
+/// A higher band never scores less than a lower one (a few messages in the middle bands can fit
+/// otherwise, and no admin could defend "80–95% counts less than 60–80%"): running maximum up
+/// from BAYES_50, running minimum down from BAYES_40.
+fn monotone_bands(rules: &[Rule], scores: &mut [f64]) {
+    let index = |name: &str| rules.iter().position(|r| r.name == name);
+    let mut floor = f64::NEG_INFINITY;
+    for name in ["BAYES_50", "BAYES_60", "BAYES_80", "BAYES_95", "BAYES_99"] {
+        if let Some(i) = index(name) {
+            scores[i] = scores[i].max(floor);
+            floor = scores[i];
+        }
+    }
+    let mut ceiling = f64::INFINITY;
+    for name in HAM_BANDS.iter().rev() {
+        if let Some(i) = index(name) {
+            scores[i] = scores[i].min(ceiling);
+            ceiling = scores[i];
+        }
+    }
+}
+
+/// Gives every message the classifier band of a model trained on the other folds (the same
+/// folds as the cross-validation: spam is group 0, each ham path its own group).
+fn add_classifier_bands(groups: &mut [Group], folds: usize) {
+    let mut group_of = Vec::new();
+    let mut ham_group = 0;
+    for g in groups.iter() {
+        let gid = if g.spam {
+            0
+        } else {
+            ham_group += 1;
+            ham_group
+        };
+        group_of.extend(std::iter::repeat_n(gid, g.hits.len()));
+    }
+    let fold_of = fit::folds(&group_of, folds.max(2));
+    for k in 0..folds.max(2) {
+        let mut model = Model::default();
+        let mut i = 0;
+        for g in groups.iter() {
+            for f in &g.features {
+                if fold_of[i] != k {
+                    model.learn(f, g.spam, 1);
+                }
+                i += 1;
+            }
+        }
+        let mut i = 0;
+        for g in groups.iter_mut() {
+            for (hits, f) in g.hits.iter_mut().zip(&g.features) {
+                if fold_of[i] == k {
+                    let (p, _) = model.probability(f);
+                    hits.extend(band_symbols(p).into_iter().map(str::to_string));
+                }
+                i += 1;
+            }
+        }
+    }
 }
 
 /// The fitter's view: one [`Rule`] per scored rule (and per symbol seen in a hit), one
@@ -260,6 +350,7 @@ fn build_problem(
     set: &RuleSet,
     groups: &[Group],
     fixed_names: &[String],
+    classifier: bool,
 ) -> (Vec<Rule>, Vec<Example>, Vec<usize>) {
     let with_text: BTreeSet<&str> = set.rule_names().collect();
     let mut names: BTreeSet<&str> = with_text.clone();
@@ -272,13 +363,21 @@ fn build_problem(
         .iter()
         .map(|&name| {
             let current = set.score(name).unwrap_or(0.0);
-            let fixed = !with_text.contains(name)
+            let fitted_symbol = classifier && classifier_symbols::SYMBOLS.contains(&name);
+            // With --classifier only its symbols are fitted; else every rule with text.
+            let fitted_kind = if classifier {
+                fitted_symbol
+            } else {
+                with_text.contains(name)
+            };
+            let fixed = !fitted_kind
                 || current.abs() >= FIXED_MAGNITUDE
                 || set.action(name).is_some()
                 || fixed_names.iter().any(|f| f == name);
             Rule {
                 name: name.to_string(),
-                nice: set.is_nice(name),
+                // The classifier's ham bands may go negative: a spammer cannot set them.
+                nice: set.is_nice(name) || (fitted_symbol && HAM_BANDS.contains(&name)),
                 fixed: fixed.then_some(current),
                 current,
             }

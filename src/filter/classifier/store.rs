@@ -300,14 +300,12 @@ impl SqliteStore {
             .map_err(|e| self.err(e))?;
         }
         let meta = read_meta(&tx).map_err(|e| self.err(e))?;
-        for (key, want) in [("format", FORMAT)] {
-            let have = meta.get(key).copied().unwrap_or(-1);
-            if have != want {
-                return Err(StoreError::Incompatible {
-                    path: self.path.clone(),
-                    detail: format!("{key} is {have}, this version uses {want}"),
-                });
-            }
+        let have = meta.get("format").copied().unwrap_or(-1);
+        if have != FORMAT {
+            return Err(StoreError::Incompatible {
+                path: self.path.clone(),
+                detail: format!("format is {have}, this version uses {FORMAT}"),
+            });
         }
         tx.commit().map_err(|e| self.err(e))
     }
