@@ -219,7 +219,15 @@ impl Classifier {
             let s = self.snapshot.read().unwrap_or_else(|p| p.into_inner());
             (s.generation, s.created)
         };
-        let result = self.store.changes(generation).map(|c| {
+        let result = self.store.changes(generation).and_then(|c| {
+            // Another store file than the one we read (replaced): all of it.
+            if c.meta.created != created && !c.whole {
+                self.store.changes(0)
+            } else {
+                Ok(c)
+            }
+        });
+        let result = result.map(|c| {
             if c.meta.generation == generation && c.meta.created == created && !c.whole {
                 return false;
             }

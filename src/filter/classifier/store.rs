@@ -192,8 +192,23 @@ pub struct Changes {
 pub struct SqliteStore {
     path: PathBuf,
     conn: Mutex<Connection>,
+    /// (device, inode) of the file the connection has open: an admin who moves the file away
+    /// and lets a new one be made must not leave us writing to the old one (and SQLite's WAL
+    /// files, named after the path, shared between the two).
+    identity: Mutex<Option<(u64, u64)>>,
     max_seen: u64,
     max_tokens: u64,
+}
+
+#[cfg(unix)]
+fn file_identity(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+}
+
+#[cfg(not(unix))]
+fn file_identity(path: &Path) -> Option<(u64, u64)> {
+    std::fs::metadata(path).ok().map(|m| (m.len(), 0))
 }
 
 fn classify_error(path: &Path, e: &rusqlite::Error) -> StoreError {
@@ -247,6 +262,7 @@ impl SqliteStore {
             .map_err(err)?;
         let store = SqliteStore {
             path: path.to_path_buf(),
+            identity: Mutex::new(file_identity(path)),
             conn: Mutex::new(conn),
             max_seen,
             max_tokens,
@@ -261,6 +277,28 @@ impl SqliteStore {
 
     fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
         self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Reopens the file at our path when it is not the one we have open (moved away and
+    /// replaced, e.g. after a damaged store was set aside). Err when it cannot be opened.
+    fn follow_replacement(&self) -> Result<(), StoreError> {
+        let now = file_identity(&self.path);
+        let mut identity = self.identity.lock().unwrap_or_else(|p| p.into_inner());
+        if now == *identity {
+            return Ok(());
+        }
+        let Some(_) = now else {
+            return Err(StoreError::Io {
+                path: self.path.clone(),
+                detail: "the file was removed while in use".into(),
+            });
+        };
+        let fresh = SqliteStore::open(&self.path, false, self.max_seen, self.max_tokens)?;
+        let conn = fresh.conn.into_inner().unwrap_or_else(|p| p.into_inner());
+        *self.conn() = conn;
+        tracing::warn!(store = %self.path.display(), "classifier store file replaced while serving; reading the new one");
+        *identity = now;
+        Ok(())
     }
 
     /// Creates the tables of a new store; checks the format of an existing one.
@@ -536,6 +574,7 @@ fn set_meta(tx: &Connection, key: &str, value: i64) -> rusqlite::Result<()> {
 
 impl Store for SqliteStore {
     fn changes(&self, since: u64) -> Result<Changes, StoreError> {
+        self.follow_replacement()?;
         let mut conn = self.conn();
         let tx = conn.transaction().map_err(|e| self.err(e))?;
         let values = read_meta(&tx).map_err(|e| self.err(e))?;
@@ -603,6 +642,7 @@ impl Store for SqliteStore {
     }
 
     fn apply(&self, items: &[Item], source: Source) -> Result<Applied, StoreError> {
+        self.follow_replacement()?;
         let mut conn = self.conn();
         let tx = conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
@@ -811,6 +851,30 @@ mod tests {
         assert_eq!(c.tokens.len(), 90);
         // The newest features were kept.
         assert!(c.tokens.iter().any(|(h, _)| *h == 1059));
+    }
+
+    #[test]
+    fn a_store_file_replaced_while_open_is_followed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("c.db");
+        let serving = SqliteStore::open(&path, true, 10_000, 1000).expect("open");
+        serving
+            .apply(&[item(1, Op::Learn(Class::Spam), &[1, 2])], Source::Cli)
+            .expect("apply");
+        let old = serving.changes(0).expect("changes").meta;
+        // The admin moves it away; a new one is made and learns something else.
+        std::fs::rename(&path, dir.path().join("c.db.old")).expect("rename");
+        let _ = std::fs::remove_file(dir.path().join("c.db-wal"));
+        let _ = std::fs::remove_file(dir.path().join("c.db-shm"));
+        {
+            let fresh = SqliteStore::open(&path, true, 10_000, 1000).expect("open new");
+            fresh
+                .apply(&[item(2, Op::Learn(Class::Ham), &[7])], Source::Cli)
+                .expect("apply");
+        }
+        let now = serving.changes(old.generation).expect("changes");
+        assert_ne!(now.meta.created, old.created);
+        assert_eq!((now.meta.spam, now.meta.ham), (0, 1));
     }
 
     #[test]
