@@ -63,6 +63,21 @@ pub fn run(opts: &LearnOptions) -> u8 {
         );
         return 2;
     }
+    if opts.stats && !config.classifier.path().exists() {
+        // Looking must not create a store.
+        let store = config.classifier.store.clone();
+        if opts.json {
+            let value = json!({"store": store, "exists": false, "spam": 0, "ham": 0,
+                "voting": false, "min_learns": config.classifier.min_learns, "tokens": 0,
+                "seen": 0, "bytes": 0, "updated": "never"});
+            println!("{value}");
+        } else {
+            println!(
+                "store:        {store} (not created yet: `mailwarden learn --spam|--ham PATH...` or `serve` create it)"
+            );
+        }
+        return 0;
+    }
     let classifier = match Classifier::open(&config.classifier, true) {
         Ok(c) => c,
         Err(e) => {
@@ -245,6 +260,7 @@ fn stats(classifier: &Classifier, as_json: bool) -> u8 {
     if as_json {
         let value = json!({
             "store": stats.location,
+            "exists": true,
             "spam": m.spam,
             "ham": m.ham,
             "voting": voting,
