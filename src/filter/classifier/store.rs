@@ -590,12 +590,27 @@ impl Store for SqliteStore {
             spam: spam.clamp(0, i64::from(u32::MAX)) as u32,
             ham: ham.clamp(0, i64::from(u32::MAX)) as u32,
         };
-        if whole {
+        // The key ranges to read: all of them, or the blocks changed since `since`.
+        let ranges: Vec<(i64, i64)> = if whole {
+            vec![(i64::MIN, i64::MAX)]
+        } else if meta.generation != since {
             let mut stmt = tx
-                .prepare_cached("SELECT h, spam, ham FROM tokens")
+                .prepare_cached("SELECT block FROM dirty WHERE gen > ?1 ORDER BY block")
                 .map_err(|e| self.err(e))?;
             let rows = stmt
-                .query_map([], |r| {
+                .query_map(params![since as i64], |r| r.get::<_, i64>(0))
+                .map_err(|e| self.err(e))?;
+            let blocks: Vec<i64> = rows.collect::<Result<_, _>>().map_err(|e| self.err(e))?;
+            blocks.into_iter().map(block_range).collect()
+        } else {
+            Vec::new()
+        };
+        let mut stmt = tx
+            .prepare_cached("SELECT h, spam, ham FROM tokens WHERE h BETWEEN ?1 AND ?2")
+            .map_err(|e| self.err(e))?;
+        for (lo, hi) in ranges {
+            let rows = stmt
+                .query_map(params![lo, hi], |r| {
                     Ok((
                         r.get::<_, i64>(0)?,
                         r.get::<_, i64>(1)?,
@@ -607,36 +622,8 @@ impl Store for SqliteStore {
                 let (h, spam, ham) = row.map_err(|e| self.err(e))?;
                 out.tokens.push((h as u64, to_counts(spam, ham)));
             }
-        } else if meta.generation != since {
-            let blocks: Vec<i64> = {
-                let mut stmt = tx
-                    .prepare_cached("SELECT block FROM dirty WHERE gen > ?1 ORDER BY block")
-                    .map_err(|e| self.err(e))?;
-                let rows = stmt
-                    .query_map(params![since as i64], |r| r.get::<_, i64>(0))
-                    .map_err(|e| self.err(e))?;
-                rows.collect::<Result<_, _>>().map_err(|e| self.err(e))?
-            };
-            let mut stmt = tx
-                .prepare_cached("SELECT h, spam, ham FROM tokens WHERE h BETWEEN ?1 AND ?2")
-                .map_err(|e| self.err(e))?;
-            for block in blocks {
-                let (lo, hi) = block_range(block);
-                let rows = stmt
-                    .query_map(params![lo, hi], |r| {
-                        Ok((
-                            r.get::<_, i64>(0)?,
-                            r.get::<_, i64>(1)?,
-                            r.get::<_, i64>(2)?,
-                        ))
-                    })
-                    .map_err(|e| self.err(e))?;
-                for row in rows {
-                    let (h, spam, ham) = row.map_err(|e| self.err(e))?;
-                    out.tokens.push((h as u64, to_counts(spam, ham)));
-                }
-            }
         }
+        drop(stmt);
         drop(tx);
         Ok(out)
     }
