@@ -30,9 +30,9 @@ pub struct ClassifierConfig {
     /// Learned-message digests kept (for "learning twice counts once" and `--forget`); the
     /// oldest are dropped beyond this.
     pub max_seen: u64,
-    /// Most features the model holds (memory and file size are bounded by it: about 20 MiB of
-    /// memory and 35 MiB on disk per million); beyond it the rarest, least recently learned
-    /// features are dropped.
+    /// Most features the model holds (memory and file size are bounded by it: the default
+    /// keeps the in-memory table at 2^20 entries, about 18 MiB, and the file near 20 MiB);
+    /// beyond it the rarest, least recently learned features are dropped.
     pub max_tokens: u64,
 }
 
@@ -47,7 +47,7 @@ impl Default for ClassifierConfig {
             autolearn_ham: 0.1,
             refresh_secs: 2,
             max_seen: 500_000,
-            max_tokens: 1_000_000,
+            max_tokens: 800_000,
         }
     }
 }

@@ -256,9 +256,7 @@ impl SqliteStore {
         }
         // NORMAL in WAL mode: a crash of the process never loses a commit; a power cut may
         // lose the last ones, never corrupts.
-        // A page cache that holds the model's pages (the default 2 MiB makes a large learn
-        // batch write pages out and read them back).
-        conn.execute_batch("PRAGMA synchronous=NORMAL; PRAGMA cache_size=-65536;")
+        conn.execute_batch("PRAGMA synchronous=NORMAL;")
             .map_err(err)?;
         let store = SqliteStore {
             path: path.to_path_buf(),
@@ -475,13 +473,14 @@ impl SqliteStore {
     }
 
     /// Writes the count changes (in key order: the B-tree is walked once) and marks their
-    /// blocks; returns how many features are new.
+    /// blocks; returns the change in rows and in rows counting nothing (forgotten features
+    /// stay as zero rows until a prune, so a reader of changed blocks sees them go).
     fn write_tokens(
         &self,
         tx: &rusqlite::Transaction<'_>,
         deltas: &Deltas,
         generation: i64,
-    ) -> Result<i64, StoreError> {
+    ) -> Result<(i64, i64), StoreError> {
         let mut read = tx
             .prepare_cached("SELECT spam, ham FROM tokens WHERE h = ?1")
             .map_err(|e| self.err(e))?;
@@ -504,7 +503,7 @@ impl SqliteStore {
             .map(|(h, d)| (*h as i64, *d))
             .collect();
         changed.sort_unstable_by_key(|(h, _)| *h);
-        let mut added = 0;
+        let (mut added, mut zeros) = (0, 0);
         let mut last_block = None;
         for (h, (spam, ham)) in changed {
             let old: Option<(i64, i64)> = read
@@ -512,9 +511,13 @@ impl SqliteStore {
                 .optional()
                 .map_err(|e| self.err(e))?;
             match old {
-                Some((s, n)) => update
-                    .execute(params![h, (s + spam).max(0), (n + ham).max(0), generation])
-                    .map_err(|e| self.err(e))?,
+                Some((s, n)) => {
+                    let (s2, n2) = ((s + spam).max(0), (n + ham).max(0));
+                    zeros += i64::from(s2 + n2 == 0) - i64::from(s + n == 0);
+                    update
+                        .execute(params![h, s2, n2, generation])
+                        .map_err(|e| self.err(e))?
+                }
                 None if spam > 0 || ham > 0 => {
                     added += 1;
                     insert
@@ -530,20 +533,21 @@ impl SqliteStore {
                 last_block = Some(block);
             }
         }
-        Ok(added)
+        Ok((added, zeros))
     }
 
     /// Drops the rarest, least recently learned features beyond `max_tokens` (down to 90% of
-    /// it, so this does not run on every learn); returns the token count after.
+    /// it, so this does not run on every learn); returns the row and zero-row counts after.
     fn prune(
         &self,
         tx: &rusqlite::Transaction<'_>,
         tokens: i64,
+        zeros: i64,
         generation: i64,
-    ) -> Result<i64, StoreError> {
+    ) -> Result<(i64, i64), StoreError> {
         let max = self.max_tokens as i64;
-        if tokens <= max {
-            return Ok(tokens);
+        if tokens - zeros <= max && tokens <= max + max / 10 {
+            return Ok((tokens, zeros));
         }
         let keep = max - max / 10;
         tx.execute(
@@ -559,7 +563,15 @@ impl SqliteStore {
             kept = keep,
             "classifier store pruned: the rarest, least recently learned features went ([classifier] max_tokens)"
         );
-        Ok(keep)
+        // Zero rows sort first, so few if any are left; count them exactly (rare: a prune).
+        let zeros: i64 = tx
+            .query_row(
+                "SELECT count(*) FROM tokens WHERE spam = 0 AND ham = 0",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(|e| self.err(e))?;
+        Ok((keep, zeros))
     }
 }
 
@@ -625,12 +637,43 @@ impl Store for SqliteStore {
         }
         drop(stmt);
         drop(tx);
+        if whole {
+            // A whole read filled SQLite's page cache with the entire table; the caller keeps
+            // its own copy, so give that memory back.
+            conn.execute_batch("PRAGMA shrink_memory;")
+                .map_err(|e| self.err(e))?;
+        }
         Ok(out)
     }
 
     fn apply(&self, items: &[Item], source: Source) -> Result<Applied, StoreError> {
         self.follow_replacement()?;
         let mut conn = self.conn();
+        // A page cache that holds the pages a batch touches (with SQLite's default 2 MiB a
+        // large batch writes pages out and reads them back), given back afterwards: a serving
+        // process keeps its own copy of the model and needs no second one here.
+        conn.execute_batch("PRAGMA cache_size=-65536;")
+            .map_err(|e| self.err(e))?;
+        let result = Self::apply_in(self, &mut conn, items, source);
+        let shrink = conn.execute_batch("PRAGMA cache_size=-2000; PRAGMA shrink_memory;");
+        let applied = result?;
+        shrink.map_err(|e| self.err(e))?;
+        Ok(applied)
+    }
+
+    fn stats(&self) -> Result<Stats, StoreError> {
+        self.stats_in(&self.conn())
+    }
+}
+
+impl SqliteStore {
+    /// [`Store::apply`] on the locked connection: one write transaction.
+    fn apply_in(
+        &self,
+        conn: &mut Connection,
+        items: &[Item],
+        source: Source,
+    ) -> Result<Applied, StoreError> {
         let tx = conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
             .map_err(|e| self.err(e))?;
@@ -646,7 +689,7 @@ impl Store for SqliteStore {
             learns,
             seen_delta,
         } = self.record_items(&tx, items, now)?;
-        let added = self.write_tokens(&tx, &deltas, generation)?;
+        let (added, zeroed) = self.write_tokens(&tx, &deltas, generation)?;
         let changed = applied.learned + applied.moved + applied.forgotten > 0;
         if changed {
             let set = |key: &str, value: i64| set_meta(&tx, key, value);
@@ -657,8 +700,14 @@ impl Store for SqliteStore {
             set("ham", (get("ham") + deltas.totals[0]).max(0)).map_err(|e| self.err(e))?;
             set("updated", now).map_err(|e| self.err(e))?;
             set("seen", seen).map_err(|e| self.err(e))?;
-            let tokens = self.prune(&tx, get("tokens") + added, generation)?;
+            let (tokens, zeros) = self.prune(
+                &tx,
+                get("tokens") + added,
+                (get("zeros") + zeroed).max(0),
+                generation,
+            )?;
             set("tokens", tokens).map_err(|e| self.err(e))?;
+            set("zeros", zeros).map_err(|e| self.err(e))?;
             for (class, n) in &learns {
                 let key = learns_key(source, *class);
                 set(&key, get(&key) + n).map_err(|e| self.err(e))?;
@@ -683,17 +732,11 @@ impl Store for SqliteStore {
         Ok(applied)
     }
 
-    fn stats(&self) -> Result<Stats, StoreError> {
-        let conn = self.conn();
-        let values = read_meta(&conn).map_err(|e| self.err(e))?;
+    fn stats_in(&self, conn: &Connection) -> Result<Stats, StoreError> {
+        let values = read_meta(conn).map_err(|e| self.err(e))?;
         // Rows whose counts fell to 0 (forgotten) stay until a prune; they are not features.
-        let held: i64 = conn
-            .query_row(
-                "SELECT count(*) FROM tokens WHERE spam > 0 OR ham > 0",
-                [],
-                |r| r.get(0),
-            )
-            .map_err(|e| self.err(e))?;
+        let get = |k: &str| values.get(k).copied().unwrap_or(0);
+        let held = get("tokens") - get("zeros");
         let mut learns = BTreeMap::new();
         for source in Source::ALL {
             for class in [Class::Spam, Class::Ham] {
