@@ -1,9 +1,8 @@
 //! The classifier's features: what of a message it counts, as 64-bit hashes.
 //!
 //! From the parsed message's views (so the words are the decoded text a reader sees, in any
-//! charset or transfer encoding, HTML rendered): the Subject and body words, sparse word pairs
-//! (OSB, orthogonal sparse bigrams: each word with each of the next four, the distance part of
-//! the feature — as CRM114 and rspamd do; they separate "click here" from "here, click"), a few
+//! charset or transfer encoding, HTML rendered): the Subject and body words, word pairs (each
+//! word with the next: "click here" is not "here, click"), a few
 //! header fields that carry the sender's habits (From, Reply-To, mailer, Message-ID domain,
 //! content type and charset, list headers), the hosts and first path segments of links, and
 //! attachment names and types. Each feature counts once per message, and a message yields at
@@ -29,7 +28,12 @@ const MAX_WORDS: usize = 1500;
 /// Links looked at.
 const MAX_URIS: usize = 100;
 /// How far apart (in words) the two words of a pair may be.
-const OSB_WINDOW: usize = 4;
+/// The pairs are sparse bigrams (OSB, as CRM114 and rspamd use) with this window: each word
+/// with each of the next `OSB_WINDOW` words, the distance part of the feature. Measured on the
+/// dev corpus (`benches/classifier_cv.rs`, 5-fold, spam at p >= 0.99 with no ham there): window 4
+/// (rspamd's) 82.0 %, AUC 0.9930; 2: 83.6 %, 0.9962; 1 (adjacent pairs only): 84.6 %, 0.9969,
+/// and the fewest features (the cheapest to look up). Must be at least 1.
+const OSB_WINDOW: usize = 1;
 
 /// A stable 64-bit hash (FNV-1a, then a SplitMix64 finaliser for the low bits).
 pub fn hash(parts: &[&[u8]]) -> u64 {
@@ -395,7 +399,7 @@ mod tests {
             "buy",
             "cheap",
             "buy cheap",
-            "buy _ pills",
+            "cheap pills",
             "S:cheap",
             "S:cheap S:pills",
             "F@:shop.example",
