@@ -105,6 +105,12 @@ impl Proxy {
         if !body.contains("[auth]") && !body.contains("[dns]") {
             return Self::complete_config(&format!("{body}\n[auth]\nenabled = false\n"));
         }
+        // The classifier would learn (autolearn) into a store shared by every test that runs
+        // from the same directory, and vote once that store had enough: tests that want it
+        // configure `[classifier]` with a store of their own (tests/classifier.rs).
+        if !body.contains("[classifier]") {
+            return Self::complete_config(&format!("{body}\n[classifier]\nenabled = false\n"));
+        }
         // Many proxies run at once: each serves its metrics on a port of its own.
         if !body.contains("[metrics]") {
             return Self::complete_config(&format!(
