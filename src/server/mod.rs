@@ -100,9 +100,11 @@ impl Services {
                 None
             }
         };
-        // The classifier's store is created on first start; a damaged one stops the start
-        // with the file named and what to do.
-        if config.classifier.enabled {
+        // The classifier's store is created on first start — only when the start goes on (a
+        // refused start leaves nothing behind); an existing one is checked either way, so a
+        // damaged store is reported with the other problems.
+        let store_exists = config.classifier.path().exists();
+        if config.classifier.enabled && (store_exists || problems.is_empty() && filter.is_some()) {
             match Classifier::open(&config.classifier, true) {
                 Ok(c) => {
                     let c = Arc::new(c);
@@ -115,7 +117,7 @@ impl Services {
                 }
                 Err(e) => problems.push(e.to_string()),
             }
-        } else {
+        } else if !config.classifier.enabled {
             tracing::info!("classifier off ([classifier] enabled = false)");
         }
         let trusted_proxies = config
