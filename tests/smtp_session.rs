@@ -639,7 +639,10 @@ async fn simple_commands() {
     let proxy = Proxy::start("");
     let mut c = proxy.connect_ehlo().await;
     c.cmd("VRFY postmaster", 252, "2.5.0").await;
-    c.cmd("HELP", 214, "2.0.0").await;
+    // No [tls]: HELP does not list STARTTLS (EHLO does not offer it either).
+    let help = c.cmd("HELP", 214, "2.0.0").await;
+    assert!(help.text().contains("MAIL"), "{help:?}");
+    assert!(!help.text().contains("STARTTLS"), "{help:?}");
     c.cmd("NOOP", 250, "2.0.0").await;
     c.cmd("NOOP ignored argument", 250, "2.0.0").await;
     c.cmd("noop", 250, "2.0.0").await;
@@ -1470,6 +1473,8 @@ async fn starttls() {
     let mut want = BASE_KEYWORDS.to_vec();
     want.push("STARTTLS");
     assert_eq!(keywords(&ehlo), sorted(&want), "{ehlo:?}");
+    let help = c.cmd("HELP", 214, "2.0.0").await;
+    assert!(help.text().contains("STARTTLS"), "{help:?}");
     c.cmd("MAIL FROM:<a@example.test>", 250, "2.1.0").await;
     c.cmd("STARTTLS", 503, "5.5.1").await;
     c.cmd("RSET", 250, "2.0.0").await;

@@ -130,12 +130,16 @@ pub fn vrfy() -> Reply {
     )
 }
 
-pub fn help() -> Reply {
-    Reply::new(
-        214,
-        "2.0.0",
-        "mailwarden: EHLO HELO MAIL RCPT DATA BDAT RSET NOOP QUIT VRFY HELP STARTTLS",
-    )
+/// RFC 5321 §4.1.1.8: the commands this session accepts — STARTTLS only where the EHLO reply
+/// would offer it (`[tls]` configured, not in TLS yet).
+pub fn help(starttls: bool) -> Reply {
+    let commands = "EHLO HELO MAIL RCPT DATA BDAT RSET NOOP QUIT VRFY HELP";
+    let text = if starttls {
+        format!("mailwarden: {commands} STARTTLS")
+    } else {
+        format!("mailwarden: {commands}")
+    };
+    Reply::new(214, "2.0.0", text)
 }
 
 pub fn ready_tls() -> Reply {

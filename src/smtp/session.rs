@@ -214,7 +214,10 @@ impl Session {
             }
             Command::Noop => self.conn.reply(&reply::ok()),
             Command::Vrfy => self.conn.reply(&reply::vrfy()),
-            Command::Help => self.conn.reply(&reply::help()),
+            Command::Help => {
+                let starttls = self.services.tls.is_some() && self.client.tls.is_none();
+                self.conn.reply(&reply::help(starttls));
+            }
             Command::Expn => self.error(&reply::not_implemented("EXPN")),
             Command::NotImplemented(verb) => self.error(&reply::not_implemented(&verb)),
             Command::Quit => {
