@@ -855,3 +855,41 @@ fn xclient_is_sent_only_when_the_upstream_offers_it() {
         }
     }
 }
+
+/// An idle pooled upstream connection is closed with QUIT when `pool_idle_secs` has passed,
+/// not left open until the upstream times it out (Postfix logs each such connection as
+/// `timeout after …`). Issue 12 §3.
+#[test]
+fn idle_pooled_connections_are_closed_on_time_with_quit() {
+    let fake = FakeUpstream::start(Script::default());
+    let proxy = Proxy::start(&Proxy::config(
+        &fake.url(),
+        "",
+        &format!("{UPSTREAM_TIMEOUTS}\npool_idle_secs = 1"),
+    ));
+    let mut c = SmtpClient::connect_ehlo(proxy.addr(), "client.example");
+    let r = c.send_mail("a@example.test", &["b@example.test"], &message("idle"));
+    assert_eq!(r.code, 250, "{r:?}");
+    c.cmd("QUIT");
+    drop(c);
+    // QUITs on the session's connection: #1 is the start-up reachability probe's own.
+    let quits = || {
+        fake.transcript()
+            .lines()
+            .filter(|l| l.ends_with(" C: QUIT") && !l.starts_with("#1 "))
+            .count()
+    };
+    // Parked, not closed, right after the session.
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(quits(), 0, "closed too early:\n{}", fake.transcript());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while quits() == 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        quits(),
+        1,
+        "the idle connection got no QUIT in time:\n{}",
+        fake.transcript()
+    );
+}

@@ -66,12 +66,48 @@ impl SmtpRelay {
         }
     }
 
-    /// The most recently parked connection that is still fresh.
+    /// The most recently parked connection that is still fresh (stale ones are closed).
     fn take_idle(&self) -> Option<UpstreamConnection> {
         let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
+        let stale = self.take_stale(&mut pool);
+        let fresh = pool.pop().map(|(conn, _)| conn);
+        drop(pool);
+        close_politely(stale);
+        fresh
+    }
+
+    /// Removes the parked connections idle for `pool_idle` or longer.
+    fn take_stale(&self, pool: &mut Vec<(UpstreamConnection, Instant)>) -> Vec<UpstreamConnection> {
         let now = Instant::now();
-        pool.retain(|(_, since)| now.duration_since(*since) < self.pool_idle);
-        pool.pop().map(|(conn, _)| conn)
+        let (stale, fresh): (Vec<_>, Vec<_>) = std::mem::take(pool)
+            .into_iter()
+            .partition(|(_, since)| now.duration_since(*since) >= self.pool_idle);
+        *pool = fresh;
+        stale.into_iter().map(|(conn, _)| conn).collect()
+    }
+
+    /// Closes idle connections on time, with QUIT, so the upstream never times them out itself
+    /// (Postfix logs each as `timeout after …`). Runs until the relay is dropped.
+    pub fn spawn_reaper(relay: &Arc<Relay>) {
+        let Relay::Smtp(smtp) = &**relay else {
+            return;
+        };
+        let every = (smtp.pool_idle / 2).clamp(Duration::from_millis(100), Duration::from_secs(5));
+        let weak = Arc::downgrade(relay);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                let Some(relay) = weak.upgrade() else { return };
+                let Relay::Smtp(smtp) = &*relay else { return };
+                let stale = {
+                    let mut pool = smtp.pool.lock().unwrap_or_else(|p| p.into_inner());
+                    smtp.take_stale(&mut pool)
+                };
+                for conn in stale {
+                    conn.quit().await;
+                }
+            }
+        });
     }
 
     /// Parks a connection that is outside any transaction; gives it back when the pool is full.
@@ -82,6 +118,23 @@ impl SmtpRelay {
         }
         pool.push((conn, Instant::now()));
         None
+    }
+}
+
+/// Says QUIT on each connection in the background (we may be holding a lock).
+fn close_politely(conns: Vec<UpstreamConnection>) {
+    if conns.is_empty() {
+        return;
+    }
+    match tokio::runtime::Handle::try_current() {
+        Ok(handle) => {
+            handle.spawn(async move {
+                for conn in conns {
+                    conn.quit().await;
+                }
+            });
+        }
+        Err(_) => drop(conns),
     }
 }
 

@@ -198,6 +198,7 @@ impl Drop for Slot {
 /// Binds the listeners and serves until SIGTERM/SIGINT.
 pub async fn serve(config: Config) -> anyhow::Result<()> {
     let services = Arc::new(Services::new(config)?);
+    crate::relay::SmtpRelay::spawn_reaper(&services.relay);
     let server = &services.config.server;
     limits::raise_file_limit(server.max_sessions);
     // Before the listeners: once we say "listening", SIGTERM must drain, not kill us.
