@@ -1282,30 +1282,51 @@ async fn bare_newline_in_command_is_rejected() {
     c.expect_closed().await;
 }
 
-/// Under `reject`, a bare LF or CR inside DATA is not acted on at once: the message is read
-/// to its real end (`<CRLF>.<CRLF>`, nothing earlier), then refused with `550 5.5.2`, the
-/// connection is closed and nothing is delivered.
+/// Under `reject`, a bare LF or CR inside DATA refuses the message with `550 5.5.2` as soon as
+/// the client pauses — a legacy client that ends its message with `<LF>.<LF>` and waits gets
+/// its answer (and a bounce with the reason) instead of nothing until the data timeout — and
+/// the connection is closed; nothing is delivered, whatever follows. A client that goes on
+/// sending is read to its real end (`<CRLF>.<CRLF>`) first, so the reply is not lost to a reset.
+/// Issue 12 §3.
 #[tokio::test]
 async fn bare_newline_in_data_is_rejected() {
     for (bad, kind) in [
         (&b"Subject: x\r\n\r\nbare\nLF\r\n"[..], "<LF>"),
         (b"Subject: x\r\n\r\nbare\rCR\r\n", "<CR>"),
+        (b"Subject: legacy\n\nends with LF dot LF\n.\n", "<LF>"),
     ] {
-        let proxy = Proxy::start("bare_newline = \"reject\"");
+        let proxy = Proxy::start("bare_newline = \"reject\"\ndata_timeout_secs = 30");
         let mut c = proxy.connect_ehlo().await;
         c.cmd("MAIL FROM:<a@example.test>", 250, "2.1.0").await;
         c.cmd("RCPT TO:<b@example.org>", 250, "2.1.5").await;
         c.cmd("DATA", 354, "").await;
+        let sent = Instant::now();
         c.send(bad).await;
-        c.expect_silence(Duration::from_millis(500)).await;
-        c.send("more text\r\nQUIT\r\n").await;
-        c.expect_silence(Duration::from_millis(300)).await;
-        c.send(".\r\n").await;
         let r = c.expect(550, "5.5.2").await;
         assert!(r.text().contains(kind), "{r:?}");
+        assert!(
+            sent.elapsed() < Duration::from_secs(5),
+            "answered only after {:?}",
+            sent.elapsed()
+        );
         c.expect_closed().await;
         proxy.assert_nothing_delivered();
     }
+    // A client that keeps sending after the bare LF: read to the real end, then refused.
+    let proxy = Proxy::start("bare_newline = \"reject\"");
+    let mut c = proxy.connect_ehlo().await;
+    c.cmd("MAIL FROM:<a@example.test>", 250, "2.1.0").await;
+    c.cmd("RCPT TO:<b@example.org>", 250, "2.1.5").await;
+    c.cmd("DATA", 354, "").await;
+    let mut data = b"Subject: x\r\n\r\nbare\nLF\r\n".to_vec();
+    for i in 0..2000 {
+        data.extend_from_slice(format!("line {i} of a long message\r\n").as_bytes());
+    }
+    data.extend_from_slice(b".\r\nQUIT\r\n");
+    c.send(data).await;
+    c.expect(550, "5.5.2").await;
+    c.expect_closed().await;
+    proxy.assert_nothing_delivered();
 }
 
 /// Under `reject`, a bare LF or CR in BDAT chunks: the message is refused with `550 5.5.2`

@@ -240,6 +240,20 @@ impl Connection {
                 }
                 None => self.pos = self.input.len(),
             }
+            if decoder.refused() {
+                // A bare newline under `reject`: the message is refused whatever follows. A
+                // legacy client that ended it with `<LF>.<LF>` waits for our answer, so we
+                // answer once it pauses instead of waiting (in vain) for `<CR><LF>.<CR><LF>`
+                // until the data timeout; what it still sends meanwhile is read (and the real
+                // end honoured), so closing afterwards does not reset the connection under
+                // our reply.
+                let quiet = BARE_NEWLINE_QUIET.min(deadline.left());
+                return match self.fill(quiet).await {
+                    Ok(()) => continue,
+                    Err(ReadError::Timeout) => Ok(()),
+                    Err(e) => Err(e),
+                };
+            }
             self.fill(deadline.left()).await?;
             // Everything before was consumed: what is unread now is what just arrived.
             deadline.progress(&self.input[self.pos..]);
@@ -274,6 +288,10 @@ impl Connection {
 
 /// The time left for the current line of message data: `timeout` from the last line end
 /// received, so a trickling client times out although it is never idle for `timeout`.
+/// How long a client that sent a bare newline (under `bare_newline = "reject"`) may pause in its
+/// message data before it gets the 550.
+const BARE_NEWLINE_QUIET: Duration = Duration::from_millis(500);
+
 struct LineDeadline {
     timeout: Duration,
     at: tokio::time::Instant,

@@ -6,8 +6,9 @@
 //!   the one that ended the DATA command. `<LF>.<LF>`, `<LF>.<CR><LF>`, `<CR><LF>.<LF>`,
 //!   `<CR>.<CR>`, `<CR><LF>.<CR><CR><LF>` and friends are message content, never an end.
 //! - Leading dots are removed as RFC 5321 §4.5.2 says; the output is the unstuffed message.
-//! - A bare LF or bare CR anywhere is recorded. Under `reject` the message is refused once its
-//!   real end is reached; under `normalize` each one becomes CRLF. Either way the output uses
+//! - A bare LF or bare CR anywhere is recorded. Under `reject` the message is refused (the
+//!   session answers as soon as the client pauses, see `Connection::read_data`); under
+//!   `normalize` each one becomes CRLF. Either way the output uses
 //!   CRLF only, so what the upstream receives is canonical and the upstream cannot disagree with
 //!   us about where a message ends.
 //! - Size and line-length limits are tracked while decoding; an oversized message stops being
@@ -100,6 +101,12 @@ impl DataDecoder {
     /// Whether a bare LF/CR was seen (whatever the policy).
     pub fn saw_bare_newline(&self) -> bool {
         self.bare.is_some()
+    }
+
+    /// Whether the message is refused already, whatever follows (a bare newline under
+    /// `reject`): the session need not wait for the end of data to say so.
+    pub fn refused(&self) -> bool {
+        self.bare.is_some() && self.policy == BareNewline::Reject
     }
 
     /// Decodes `input`. For DATA, returns `Some(n)` when the end-of-data line was reached
