@@ -405,22 +405,6 @@ impl Client {
         }
     }
 
-    /// Checks that nothing at all arrives for `wait`.
-    async fn expect_silence(&mut self, wait: Duration) {
-        if let Ok(result) = tokio::time::timeout(wait, self.read_more()).await {
-            let got = match result {
-                Ok(0) => "the connection was closed".to_string(),
-                Ok(_) => format!("{:?}", show(&self.buf)),
-                Err(e) => format!("read error {e}"),
-            };
-            self.fail(format!("expected no reply yet, but {got}"));
-        }
-        if !self.buf.is_empty() {
-            let got = show(&self.buf);
-            self.fail(format!("expected no reply yet, but {got:?} was buffered"));
-        }
-    }
-
     /// Runs the TLS handshake on the plain connection (after a 220 to STARTTLS).
     async fn handshake(&mut self, connector: &TlsConnector) {
         if !self.buf.is_empty() {
