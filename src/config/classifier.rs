@@ -66,7 +66,7 @@ impl ClassifierConfig {
                     .into(),
             );
         }
-        if self.store.starts_with("redis") {
+        if self.enabled && self.store.starts_with("redis") {
             return Err(format!(
                 "classifier.store = {:?}: the Redis store is not available in this version; use a file name such as \"classifier.db\"",
                 self.store

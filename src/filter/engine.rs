@@ -249,14 +249,23 @@ impl Engine {
             .decide_with(score, &names, &ctx.recipients, &|name| {
                 self.rules.action(name)
             });
-        Scan {
+        let mut scan = Scan {
             symbols,
             score,
             decision,
             timed_out: evaluation.timed_out,
             elapsed: started.elapsed(),
             classifier: vote,
+        };
+        // A message autolearn may take: its digest now, on this (blocking) thread.
+        let learnable = ctx
+            .classifier
+            .as_ref()
+            .is_some_and(|c| c.autolearn_class(scan.score_without_classifier()).is_some());
+        if let Some(vote) = scan.classifier.as_mut().filter(|_| learnable) {
+            vote.digest = Some(classifier::digest(message.raw()));
         }
+        scan
     }
 }
 

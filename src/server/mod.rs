@@ -100,6 +100,10 @@ impl Services {
                 None
             }
         };
+        let trusted_proxies = config
+            .server
+            .trusted_proxy_nets()
+            .map_err(|e| anyhow::anyhow!("server.trusted_proxies: {e}"))?;
         // The classifier's store is created on first start — only when the start goes on (a
         // refused start leaves nothing behind); an existing one is checked either way, so a
         // damaged store is reported with the other problems.
@@ -110,7 +114,6 @@ impl Services {
                     let c = Arc::new(c);
                     let (spam, ham) = c.counts();
                     tracing::info!(store = %config.classifier.store, spam, ham, min_learns = config.classifier.min_learns, autolearn = config.classifier.autolearn, "classifier model loaded");
-                    c.start();
                     if let Some(f) = filter.as_mut() {
                         f.attach_classifier(c);
                     }
@@ -120,10 +123,6 @@ impl Services {
         } else if !config.classifier.enabled {
             tracing::info!("classifier off ([classifier] enabled = false)");
         }
-        let trusted_proxies = config
-            .server
-            .trusted_proxy_nets()
-            .map_err(|e| anyhow::anyhow!("server.trusted_proxies: {e}"))?;
         match (relay, filter) {
             (Some(relay), Some(filter)) if problems.is_empty() => Ok(Services {
                 config,
@@ -199,6 +198,10 @@ impl Drop for Slot {
 pub async fn serve(config: Config) -> anyhow::Result<()> {
     let services = Arc::new(Services::new(config)?);
     crate::relay::SmtpRelay::spawn_reaper(&services.relay);
+    // The classifier's refresh and autolearn threads, once the start goes on.
+    if let Some(c) = services.filter.classifier() {
+        c.start();
+    }
     let server = &services.config.server;
     limits::raise_file_limit(server.max_sessions);
     // Before the listeners: once we say "listening", SIGTERM must drain, not kill us.

@@ -45,7 +45,15 @@ const AUTOLEARN_BATCH: usize = 200;
 /// filters and mailboxes add on the way, line-ending conversions and a subject prefix do not
 /// make the same message look new.
 pub fn digest(raw: &[u8]) -> [u8; 32] {
-    let message_id = message_id(raw);
+    let mut message_id = header_value(raw, "message-id");
+    if message_id.is_empty() {
+        // No Message-ID: sender and date tell apart two notifications with one body.
+        message_id = format!(
+            "from:{}\0date:{}",
+            header_value(raw, "from"),
+            header_value(raw, "date")
+        );
+    }
     let body = body_of(raw);
     let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
     ctx.update(message_id.as_bytes());
@@ -68,15 +76,19 @@ fn body_of(raw: &[u8]) -> &[u8] {
     &raw[start..]
 }
 
-fn message_id(raw: &[u8]) -> String {
+/// The first `name:` field's value (unfolded, trimmed), "" when absent.
+fn header_value(raw: &[u8], field: &str) -> String {
     let head = &raw[..raw.len() - body_of(raw).len()];
     let text = String::from_utf8_lossy(head);
     let mut lines = text.lines().peekable();
     while let Some(line) = lines.next() {
+        if line.starts_with([' ', '\t']) {
+            continue; // a continuation of another field
+        }
         let Some((name, value)) = line.split_once(':') else {
             continue;
         };
-        if name.trim().eq_ignore_ascii_case("message-id") {
+        if name.trim().eq_ignore_ascii_case(field) {
             let mut v = value.trim().to_string();
             while let Some(next) = lines.peek().filter(|l| l.starts_with([' ', '\t'])) {
                 v.push_str(next.trim());
@@ -110,6 +122,9 @@ pub struct Outcome {
     pub clues: Vec<(String, f64)>,
     /// The message's features (autolearn reuses them).
     pub hashes: Vec<u64>,
+    /// The message's digest, when the scan computed it already (off the async threads, for
+    /// a message that autolearn may take).
+    pub digest: Option<[u8; 32]>,
 }
 
 impl Outcome {
@@ -145,7 +160,7 @@ impl Outcome {
     /// The message (`raw`: the one classified) as an item to learn as `class`.
     pub fn item(&self, raw: &[u8], class: Class) -> Item {
         Item {
-            digest: digest(raw),
+            digest: self.digest.unwrap_or_else(|| digest(raw)),
             op: Op::Learn(class),
             hashes: self.hashes.clone(),
         }
@@ -170,6 +185,8 @@ pub struct Classifier {
     started: AtomicBool,
     /// The learn totals already exported to the metrics.
     exported: Mutex<std::collections::BTreeMap<(Source, Class), u64>>,
+    /// Held by the refresh in progress.
+    refreshing: Mutex<()>,
 }
 
 impl Classifier {
@@ -204,6 +221,7 @@ impl Classifier {
             autolearn_tx: Mutex::new(None),
             started: AtomicBool::new(false),
             exported: Mutex::new(std::collections::BTreeMap::new()),
+            refreshing: Mutex::new(()),
         };
         classifier.refresh()?;
         Ok(classifier)
@@ -215,6 +233,9 @@ impl Classifier {
 
     /// Brings the in-memory model up to date with the store (only what changed).
     pub fn refresh(&self) -> Result<bool, StoreError> {
+        // One refresh at a time (the refresh thread and the autolearn writer both call it): an
+        // older read must never be applied over a newer one.
+        let _one = self.refreshing.lock().unwrap_or_else(|p| p.into_inner());
         let (generation, created) = {
             let s = self.snapshot.read().unwrap_or_else(|p| p.into_inner());
             (s.generation, s.created)
@@ -231,11 +252,22 @@ impl Classifier {
             if c.meta.generation == generation && c.meta.created == created && !c.whole {
                 return false;
             }
-            let mut s = self.snapshot.write().unwrap_or_else(|p| p.into_inner());
             if c.whole || c.meta.created != created {
-                // Pruned, new, or another store file than the one we read: read it whole.
-                s.model = Model::default();
+                // Pruned, new, or another store file than the one we read: read it whole,
+                // built outside the lock so scans go on meanwhile.
+                let mut model = Model::default();
+                for (hash, counts) in c.tokens {
+                    model.set(hash, counts);
+                }
+                let mut s = self.snapshot.write().unwrap_or_else(|p| p.into_inner());
+                s.model = model;
+                s.model.spam = c.meta.spam;
+                s.model.ham = c.meta.ham;
+                s.generation = c.meta.generation;
+                s.created = c.meta.created;
+                return true;
             }
+            let mut s = self.snapshot.write().unwrap_or_else(|p| p.into_inner());
             for (hash, counts) in c.tokens {
                 s.model.set(hash, counts);
             }
@@ -282,6 +314,7 @@ impl Classifier {
                 answer: Answer::Failed(error),
                 clues: Vec::new(),
                 hashes: features.hashes,
+                digest: None,
             };
         }
         let s = self.snapshot.read().unwrap_or_else(|p| p.into_inner());
@@ -294,6 +327,7 @@ impl Classifier {
                 },
                 clues: Vec::new(),
                 hashes: features.hashes,
+                digest: None,
             };
         }
         let (probability, clues) = s.model.probability(&features.hashes);
@@ -317,13 +351,16 @@ impl Classifier {
             },
             clues,
             hashes: features.hashes,
+            digest: None,
         }
     }
 
     /// Learns or forgets messages, in one transaction; the in-memory model follows at once.
     pub fn apply(&self, items: &[Item], source: Source) -> Result<Applied, StoreError> {
         let applied = self.store.apply(items, source)?;
-        self.refresh()?;
+        // Written: a failed re-read is the refresh's own failure (recorded, BAYES_FAIL until
+        // the store reads again), not a failed learn.
+        let _ = self.refresh();
         Ok(applied)
     }
 
@@ -460,6 +497,13 @@ mod tests {
         assert_ne!(a, other);
         let changed = digest(b"Message-ID: <1@x>\r\n\r\nbody!\r\n");
         assert_ne!(a, changed);
+        // Without a Message-ID, sender and date tell the same body apart.
+        let n1 = digest(b"From: a@x\r\nDate: Mon, 1 Jan 2024 00:00:00 +0000\r\n\r\nAlert\r\n");
+        let n2 = digest(b"From: a@x\r\nDate: Tue, 2 Jan 2024 00:00:00 +0000\r\n\r\nAlert\r\n");
+        assert_ne!(n1, n2);
+        // A folded line holding a colon is not a field.
+        let folded = digest(b"Received: from x\r\n message-id: <9@y>\r\nMessage-ID: <1@x>\r\nSubject: hi\r\n\r\nbody\r\nline\r\n");
+        assert_eq!(folded, a);
     }
 
     fn config(dir: &Path, min_learns: u64) -> ClassifierConfig {

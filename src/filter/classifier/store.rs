@@ -143,12 +143,12 @@ impl fmt::Display for StoreError {
         match self {
             StoreError::Corrupt { path, detail } => write!(
                 f,
-                "classifier store {p} is damaged or not a model file ({detail}): move it away (mv {p} {p}.broken) and start again to begin with an empty model, then relearn with `mailwarden learn`; or set [classifier] enabled = false",
+                "classifier store {p} is damaged or not a model file ({detail}): stop mailwarden, move it away with its -wal and -shm files where they exist (mv {p} {p}.broken; mv {p}-wal {p}-wal.broken; mv {p}-shm {p}-shm.broken) and start again to begin with an empty model, then relearn with `mailwarden learn`; or set [classifier] enabled = false",
                 p = path.display()
             ),
             StoreError::Incompatible { path, detail } => write!(
                 f,
-                "classifier store {p} was made by another version of mailwarden ({detail}): move it away (mv {p} {p}.old) and relearn with `mailwarden learn`",
+                "classifier store {p} was made by another version of mailwarden ({detail}): stop mailwarden, move it away with its -wal and -shm files where they exist (mv {p} {p}.old; mv {p}-wal {p}-wal.old; mv {p}-shm {p}-shm.old) and relearn with `mailwarden learn`",
                 p = path.display()
             ),
             StoreError::Io { path, detail } => write!(
@@ -174,10 +174,10 @@ pub trait Store: Send + Sync {
 
 /// The on-disk format this code reads and writes.
 const FORMAT: i64 = 1;
-/// Features are marked changed per block of the hash space: a block is the top 10 bits of the
+/// Features are marked changed per block of the hash space: a block is the top 16 bits of the
 /// hash (a reader re-reads changed blocks). A per-feature generation index would cost every
 /// learn as much again as the counts.
-const BLOCK_SHIFT: u32 = 54;
+const BLOCK_SHIFT: u32 = 48;
 
 /// What changed in the store since a generation.
 #[derive(Debug, Clone, Default)]
@@ -232,13 +232,24 @@ impl SqliteStore {
         max_tokens: u64,
     ) -> Result<SqliteStore, StoreError> {
         let err = |e: rusqlite::Error| classify_error(path, &e);
+        let side = |suffix: &str| PathBuf::from(format!("{}{suffix}", path.display()));
+        if create && !path.exists() && (side("-wal").exists() || side("-shm").exists()) {
+            return Err(StoreError::Io {
+                path: path.to_path_buf(),
+                detail: format!(
+                    "the file is missing but {p}-wal / {p}-shm are there (the store was moved away while in use?): move those too, or stop the process that has it open, then start again",
+                    p = path.display()
+                ),
+            });
+        }
         let mut flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         if create {
             flags |= OpenFlags::SQLITE_OPEN_CREATE;
         }
         let conn = Connection::open_with_flags(path, flags).map_err(err)?;
-        // Learn and serve wait for each other's write locks instead of failing.
-        conn.busy_timeout(Duration::from_secs(10)).map_err(err)?;
+        // Learn and serve wait for each other's write locks instead of failing (a CLI batch of
+        // 1,000 messages can hold it for seconds).
+        conn.busy_timeout(Duration::from_secs(60)).map_err(err)?;
         let integrity: String = conn
             .query_row("PRAGMA quick_check", [], |r| r.get(0))
             .map_err(err)?;
@@ -291,6 +302,13 @@ impl SqliteStore {
                 detail: "the file was removed while in use".into(),
             });
         };
+        // Close the old file first: SQLite's last connection to a database checkpoints and
+        // deletes `<path>-wal` by name, which is the new file's WAL once we have opened it.
+        {
+            let mut conn = self.conn();
+            let placeholder = Connection::open_in_memory().map_err(|e| self.err(e))?;
+            drop(std::mem::replace(&mut *conn, placeholder));
+        }
         let fresh = SqliteStore::open(&self.path, false, self.max_seen, self.max_tokens)?;
         let conn = fresh.conn.into_inner().unwrap_or_else(|p| p.into_inner());
         *self.conn() = conn;
@@ -417,6 +435,7 @@ impl SqliteStore {
         &self,
         tx: &rusqlite::Transaction<'_>,
         items: &[Item],
+        source: Source,
         now: i64,
     ) -> Result<Effect, StoreError> {
         let mut e = Effect::default();
@@ -449,6 +468,9 @@ impl SqliteStore {
                     *e.learns.entry(class).or_default() += 1;
                 }
                 (Op::Learn(class), Some(was)) if was == class => e.applied.already += 1,
+                // A message someone learned already is never moved by autolearn: a person's
+                // correction (`learn --ham` of a false positive) wins over the scores.
+                (Op::Learn(_), Some(_)) if source == Source::Autolearn => e.applied.already += 1,
                 (Op::Learn(class), Some(was)) => {
                     e.deltas.add(&item.hashes, was, -1);
                     e.deltas.add(&item.hashes, class, 1);
@@ -602,6 +624,9 @@ impl Store for SqliteStore {
             spam: spam.clamp(0, i64::from(u32::MAX)) as u32,
             ham: ham.clamp(0, i64::from(u32::MAX)) as u32,
         };
+        // Rows changed after `since` (every row changed by a learn carries its generation;
+        // rows only go in a prune, which makes the read whole).
+        let read_since: i64 = if whole { -1 } else { since as i64 };
         // The key ranges to read: all of them, or the blocks changed since `since`.
         let ranges: Vec<(i64, i64)> = if whole {
             vec![(i64::MIN, i64::MAX)]
@@ -618,11 +643,13 @@ impl Store for SqliteStore {
             Vec::new()
         };
         let mut stmt = tx
-            .prepare_cached("SELECT h, spam, ham FROM tokens WHERE h BETWEEN ?1 AND ?2")
+            .prepare_cached(
+                "SELECT h, spam, ham FROM tokens WHERE h BETWEEN ?1 AND ?2 AND gen > ?3",
+            )
             .map_err(|e| self.err(e))?;
         for (lo, hi) in ranges {
             let rows = stmt
-                .query_map(params![lo, hi], |r| {
+                .query_map(params![lo, hi, read_since], |r| {
                     Ok((
                         r.get::<_, i64>(0)?,
                         r.get::<_, i64>(1)?,
@@ -688,7 +715,7 @@ impl SqliteStore {
             deltas,
             learns,
             seen_delta,
-        } = self.record_items(&tx, items, now)?;
+        } = self.record_items(&tx, items, source, now)?;
         let (added, zeroed) = self.write_tokens(&tx, &deltas, generation)?;
         let changed = applied.learned + applied.moved + applied.forgotten > 0;
         if changed {
@@ -721,7 +748,7 @@ impl SqliteStore {
             let excess = seen - self.max_seen as i64;
             if excess > 0 {
                 tx.execute(
-                    "DELETE FROM seen WHERE digest IN (SELECT digest FROM seen ORDER BY at LIMIT ?1)",
+                    "DELETE FROM seen WHERE digest IN (SELECT digest FROM seen ORDER BY at, rowid LIMIT ?1)",
                     params![excess],
                 )
                 .map_err(|e| self.err(e))?;
@@ -812,6 +839,21 @@ mod tests {
         );
         assert_eq!(stats.learns.get(&(Source::Cli, Class::Spam)), Some(&1));
         assert_eq!(stats.forgets, 1);
+    }
+
+    #[test]
+    fn autolearn_never_moves_what_was_learned() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = SqliteStore::open(&dir.path().join("c.db"), true, 10_000, 1000).expect("open");
+        store
+            .apply(&[item(1, Op::Learn(Class::Ham), &[5])], Source::Cli)
+            .expect("apply");
+        let a = store
+            .apply(&[item(1, Op::Learn(Class::Spam), &[5])], Source::Autolearn)
+            .expect("apply");
+        assert_eq!((a.moved, a.already), (0, 1));
+        let c = store.changes(0).expect("changes");
+        assert_eq!((c.meta.spam, c.meta.ham), (0, 1));
     }
 
     #[test]
