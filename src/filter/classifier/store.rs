@@ -323,6 +323,20 @@ impl SqliteStore {
         let tx = conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
             .map_err(|e| self.err(e))?;
+        // Another application's SQLite file is not adopted (we would add our tables to it).
+        let (tables, ours): (i64, i64) = tx
+            .query_row(
+                "SELECT count(*), count(*) FILTER (WHERE name = 'meta') FROM sqlite_master WHERE type = 'table'",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .map_err(|e| self.err(e))?;
+        if tables > 0 && ours == 0 {
+            return Err(StoreError::Corrupt {
+                path: self.path.clone(),
+                detail: "a SQLite database of something else, not a mailwarden model".into(),
+            });
+        }
         tx.execute_batch(
             "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
              CREATE TABLE IF NOT EXISTS tokens (h INTEGER PRIMARY KEY, spam INTEGER NOT NULL,
@@ -882,6 +896,30 @@ mod tests {
         assert!(matches!(err, StoreError::Corrupt { .. }), "{err:?}");
         let text = err.to_string();
         assert!(text.contains("c.db") && text.contains("mv "), "{text}");
+    }
+
+    #[test]
+    fn another_applications_database_is_not_adopted() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("other.db");
+        {
+            let c = Connection::open(&path).expect("open");
+            c.execute_batch("CREATE TABLE users (name TEXT);")
+                .expect("create");
+        }
+        let err = SqliteStore::open(&path, true, 10_000, 1000)
+            .err()
+            .expect("error");
+        assert!(matches!(err, StoreError::Corrupt { .. }), "{err:?}");
+        let c = Connection::open(&path).expect("open");
+        let meta: i64 = c
+            .query_row(
+                "SELECT count(*) FROM sqlite_master WHERE name = 'meta'",
+                [],
+                |r| r.get(0),
+            )
+            .expect("query");
+        assert_eq!(meta, 0, "our tables were added to someone else's file");
     }
 
     #[test]
