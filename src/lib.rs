@@ -1,7 +1,8 @@
 //! mailwarden: an SMTP filtering proxy in front of an existing MTA.
 //!
 //! A message's path through the tree, in the order it flows on the wire:
-//! `server` (listeners, limits, shutdown) → `smtp` (the session with the client) →
+//! `server` (listeners, limits) → a front end: `proxy` (the SMTP session with the client) or
+//! `milter` (the MTA's milter session) →
 //! `filter` (the verdict) → `relay` (the upstream MTA, or the embedded Maildir).
 //! `metrics` watches all of them.
 
@@ -13,5 +14,7 @@ pub mod filter;
 pub mod fuzzing;
 pub mod metrics;
 pub mod relay;
+pub mod proxy;
 pub mod server;
+pub mod shutdown;
 pub mod smtp;

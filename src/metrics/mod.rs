@@ -11,9 +11,8 @@
 //! capped (see [`virus_family`]) so a flood of distinct signatures cannot grow the series
 //! without bound.
 //!
-//! `http` serves `/metrics`, `/healthz` and `/readyz` on `[metrics] listen`.
-
-pub mod http;
+//! This module is fed plain values and depends on nothing above it; `server::http` serves
+//! `/metrics`, `/healthz` and `/readyz` on `[metrics] listen`.
 
 use std::collections::HashSet;
 use std::sync::{LazyLock, Mutex};

@@ -62,9 +62,10 @@ pub async fn readiness(services: &Services) -> Readiness {
 
 /// The upstream answers with a 220 greeting (we then say QUIT, politely).
 async fn upstream(services: &Services) -> Result<String, String> {
-    let smtp = match &*services.relay {
-        Relay::Maildir(_) => return Ok("Maildir delivery, no upstream needed".into()),
-        Relay::Smtp(smtp) => smtp,
+    let smtp = match services.relay() {
+        None => return Ok("milter only, no upstream needed".into()),
+        Some(Relay::Maildir(_)) => return Ok("Maildir delivery, no upstream needed".into()),
+        Some(Relay::Smtp(smtp)) => smtp,
     };
     upstream_greets(&smtp.settings.address, CHECK_TIMEOUT).await
 }

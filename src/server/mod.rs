@@ -6,9 +6,9 @@
 //! grace period), then the process exits. Nothing is ever acknowledged that was not relayed.
 
 pub mod health;
+pub mod http;
 pub mod limits;
 pub mod proxy_protocol;
-pub mod shutdown;
 pub mod tls;
 
 use std::collections::HashMap;
@@ -19,7 +19,6 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
-use tokio_rustls::TlsAcceptor;
 
 use crate::config::{Config, UpstreamTarget};
 use crate::envelope::ClientInfo;
@@ -29,26 +28,26 @@ use crate::relay::maildir::Maildir;
 use crate::relay::upstream::UpstreamSettings;
 use crate::relay::{Relay, SmtpRelay};
 use crate::smtp::reply;
-use crate::smtp::session::Session;
+use crate::proxy::{self, Session};
+use crate::shutdown;
 
 /// After the grace period, how long sessions may take to send their 421 or finish an
 /// upstream exchange already under way.
 const STOP_WAIT: Duration = Duration::from_secs(15);
 
-/// Everything a session needs, built once at start-up and shared.
+/// Everything this node runs, built once at start-up and shared: the filter every front end
+/// drives, and the proxy's services when `[server] listen` names any address.
 pub struct Services {
     pub config: Config,
-    pub relay: Arc<Relay>,
     pub filter: Arc<Filter>,
-    pub tls: Option<TlsAcceptor>,
-    /// `[server] trusted_proxies`: who may name the real client (PROXY header, XCLIENT).
-    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// The proxy front end's services; `None` on a milter-only node (`[server] listen = []`).
+    pub proxy: Option<Arc<proxy::Services>>,
 }
 
 impl Services {
-    /// Whether `ip` may tell us who the real client is (`[server] trusted_proxies`).
-    pub fn is_trusted_proxy(&self, ip: IpAddr) -> bool {
-        crate::config::in_networks(&self.trusted_proxies, ip)
+    /// The relay to the upstream, when the proxy runs.
+    pub fn relay(&self) -> Option<&Relay> {
+        self.proxy.as_ref().map(|p| &*p.relay)
     }
 }
 
@@ -58,32 +57,14 @@ impl Services {
         // Every part is checked even when an earlier one failed, so the admin sees all the
         // problems at once, one per line.
         let mut problems: Vec<String> = Vec::new();
-        let relay = match config.upstream_target()? {
-            UpstreamTarget::Maildir(dir) => match Maildir::open(&dir, &config.server.hostname) {
-                Ok(md) => Some(Relay::Maildir(md)),
-                Err(e) => {
-                    problems.push(format!("upstream.url: the Maildir cannot be used: {e:#}"));
-                    None
-                }
-            },
-            UpstreamTarget::Smtp(address) => {
-                let u = &config.upstream;
-                let settings = Arc::new(UpstreamSettings {
-                    address,
-                    helo_name: config.upstream_helo().to_string(),
-                    xclient: u.xclient,
-                    xforward: u.xforward,
-                    starttls: u.starttls,
-                    chunking: u.chunking,
-                    connect_timeout: Duration::from_secs(u.connect_timeout_secs),
-                    command_timeout: Duration::from_secs(u.command_timeout_secs),
-                    data_timeout: Duration::from_secs(u.data_timeout_secs),
-                });
-                let idle = Duration::from_secs(u.pool_idle_secs);
-                Some(Relay::Smtp(SmtpRelay::new(settings, u.pool_size, idle)))
-            }
+        // A milter-only node (`[server] listen = []`) relays nothing: no upstream, no Maildir.
+        let proxied = !config.server.listen.is_empty();
+        let relay = if proxied {
+            build_relay(&config, &mut problems)?
+        } else {
+            None
         };
-        let tls = match config.tls.as_ref().map(tls::acceptor).transpose() {
+        let tls = match config.tls.as_ref().filter(|_| proxied).map(tls::acceptor).transpose() {
             Ok(tls) => tls,
             Err(e) => {
                 problems.push(format!("{e:#}"));
@@ -104,33 +85,25 @@ impl Services {
             .server
             .trusted_proxy_nets()
             .map_err(|e| anyhow::anyhow!("server.trusted_proxies: {e}"))?;
-        // The classifier's store is created on first start — only when the start goes on (a
-        // refused start leaves nothing behind); an existing one is checked either way, so a
-        // damaged store is reported with the other problems.
-        let store_exists = config.classifier.path().exists();
-        if config.classifier.enabled && (store_exists || problems.is_empty() && filter.is_some()) {
-            match Classifier::open(&config.classifier, true) {
-                Ok(c) => {
-                    let c = Arc::new(c);
-                    let (spam, ham) = c.counts();
-                    tracing::info!(store = %config.classifier.store, spam, ham, min_learns = config.classifier.min_learns, autolearn = config.classifier.autolearn, "classifier model loaded");
-                    if let Some(f) = filter.as_mut() {
-                        f.attach_classifier(c);
-                    }
-                }
-                Err(e) => problems.push(e.to_string()),
-            }
-        } else if !config.classifier.enabled {
-            tracing::info!("classifier off ([classifier] enabled = false)");
-        }
+        attach_classifier(&config, filter.as_mut(), &mut problems);
         match (relay, filter) {
-            (Some(relay), Some(filter)) if problems.is_empty() => Ok(Services {
-                config,
-                relay: Arc::new(relay),
-                filter: Arc::new(filter),
-                tls,
-                trusted_proxies,
-            }),
+            (relay, Some(filter)) if problems.is_empty() && (relay.is_some() || !proxied) => {
+                let filter = Arc::new(filter);
+                let proxy = relay.map(|relay| {
+                    Arc::new(proxy::Services {
+                        config: config.clone(),
+                        relay: Arc::new(relay),
+                        filter: filter.clone(),
+                        tls,
+                        trusted_proxies,
+                    })
+                });
+                Ok(Services {
+                    config,
+                    filter,
+                    proxy,
+                })
+            }
             _ => Err(anyhow::anyhow!(
                 "cannot start ({} problem{}):\n  {}",
                 problems.len(),
@@ -138,6 +111,60 @@ impl Services {
                 problems.join("\n  ")
             )),
         }
+    }
+}
+
+/// The proxy's relay: the upstream MTA or the embedded Maildir (`[upstream] url`).
+fn build_relay(config: &Config, problems: &mut Vec<String>) -> anyhow::Result<Option<Relay>> {
+    Ok(match config.upstream_target()? {
+        UpstreamTarget::Maildir(dir) => match Maildir::open(&dir, &config.server.hostname) {
+            Ok(md) => Some(Relay::Maildir(md)),
+            Err(e) => {
+                problems.push(format!("upstream.url: the Maildir cannot be used: {e:#}"));
+                None
+            }
+        },
+        UpstreamTarget::Smtp(address) => {
+            let u = &config.upstream;
+            let settings = Arc::new(UpstreamSettings {
+                address,
+                helo_name: config.upstream_helo().to_string(),
+                xclient: u.xclient,
+                xforward: u.xforward,
+                starttls: u.starttls,
+                chunking: u.chunking,
+                connect_timeout: Duration::from_secs(u.connect_timeout_secs),
+                command_timeout: Duration::from_secs(u.command_timeout_secs),
+                data_timeout: Duration::from_secs(u.data_timeout_secs),
+            });
+            let idle = Duration::from_secs(u.pool_idle_secs);
+            Some(Relay::Smtp(SmtpRelay::new(settings, u.pool_size, idle)))
+        }
+    })
+}
+
+/// Opens the classifier's store and lets it vote. The store is created on first start — only
+/// when the start goes on (a refused start leaves nothing behind); an existing one is checked
+/// either way, so a damaged store is reported with the other problems.
+fn attach_classifier(config: &Config, filter: Option<&mut Filter>, problems: &mut Vec<String>) {
+    if !config.classifier.enabled {
+        tracing::info!("classifier off ([classifier] enabled = false)");
+        return;
+    }
+    let store_exists = config.classifier.path().exists();
+    if !(store_exists || problems.is_empty() && filter.is_some()) {
+        return;
+    }
+    match Classifier::open(&config.classifier, true) {
+        Ok(c) => {
+            let c = Arc::new(c);
+            let (spam, ham) = c.counts();
+            tracing::info!(store = %config.classifier.store, spam, ham, min_learns = config.classifier.min_learns, autolearn = config.classifier.autolearn, "classifier model loaded");
+            if let Some(f) = filter {
+                f.attach_classifier(c);
+            }
+        }
+        Err(e) => problems.push(e.to_string()),
     }
 }
 
@@ -197,7 +224,9 @@ impl Drop for Slot {
 /// Binds the listeners and serves until SIGTERM/SIGINT.
 pub async fn serve(config: Config) -> anyhow::Result<()> {
     let services = Arc::new(Services::new(config)?);
-    crate::relay::SmtpRelay::spawn_reaper(&services.relay);
+    if let Some(proxy) = &services.proxy {
+        crate::relay::SmtpRelay::spawn_reaper(&proxy.relay);
+    }
     // The classifier's refresh and autolearn threads, once the start goes on.
     if let Some(c) = services.filter.classifier() {
         c.start();
@@ -219,8 +248,8 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     }
     tracing::info!(
         hostname = %server.hostname,
-        upstream = %services.relay.describe(),
-        starttls = services.tls.is_some(),
+        upstream = %services.relay().map_or("none (milter only)".to_string(), Relay::describe),
+        starttls = services.proxy.as_ref().is_some_and(|p| p.tls.is_some()),
         bare_newline = ?server.bare_newline,
         "mailwarden {} ready",
         env!("CARGO_PKG_VERSION")
@@ -244,11 +273,11 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         })?;
         let bound = listener.local_addr().context("metrics listener address")?;
         tracing::info!("metrics endpoint on {bound} (/metrics, /healthz, /readyz)");
-        tokio::spawn(crate::metrics::http::serve(listener, services.clone()));
+        tokio::spawn(http::serve(listener, services.clone()));
     } else {
         tracing::info!("metrics endpoint off ([metrics] listen = \"\")");
     }
-    if let Relay::Smtp(smtp) = &*services.relay {
+    if let Some(Relay::Smtp(smtp)) = services.relay() {
         tokio::spawn(probe_upstream(smtp.settings.clone()));
     }
     let limits = Arc::new(Limits {
@@ -258,8 +287,8 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     });
     let (trigger, shutdown_rx) = shutdown::channel();
     let mut accept_tasks = Vec::new();
-    for listener in listeners {
-        let services = services.clone();
+    for listener in listeners.into_iter().zip(services.proxy.iter().cycle()) {
+        let (listener, services) = (listener.0, listener.1.clone());
         let limits = limits.clone();
         let shutdown = shutdown_rx.clone();
         accept_tasks.push(tokio::spawn(accept_loop(
@@ -334,7 +363,7 @@ fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 
 async fn accept_loop(
     listener: TcpListener,
-    services: Arc<Services>,
+    services: Arc<proxy::Services>,
     limits: Arc<Limits>,
     shutdown: shutdown::Shutdown,
 ) {
@@ -380,7 +409,7 @@ async fn accept_loop(
 async fn run_session(
     mut stream: TcpStream,
     peer: SocketAddr,
-    services: Arc<Services>,
+    services: Arc<proxy::Services>,
     shutdown: shutdown::Shutdown,
 ) {
     let mut local = stream.local_addr().unwrap_or(peer);
@@ -423,7 +452,7 @@ async fn run_session(
 }
 
 /// Greets an over-limit client with 421 and closes (RFC 5321 §3.1).
-async fn refuse(mut stream: TcpStream, services: Arc<Services>, which: &'static str) {
+async fn refuse(mut stream: TcpStream, services: Arc<proxy::Services>, which: &'static str) {
     let hostname = &services.config.server.hostname;
     let r = if which == "per-ip" {
         reply::too_many_sessions_from_ip(hostname)

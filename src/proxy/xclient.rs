@@ -17,7 +17,7 @@
 
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 
-use super::reply::Reply;
+use crate::smtp::reply::Reply;
 use crate::envelope::ClientInfo;
 
 /// The attributes we accept, for the EHLO keyword line (Postfix's order).
@@ -124,7 +124,7 @@ pub fn parse_for(verb: Verb, args: &str) -> Result<Update, Reply> {
                 )
             }
             "HELO" => {
-                if !super::command::is_helo_name(&value) {
+                if !crate::smtp::command::is_helo_name(&value) {
                     return Err(bad("HELO is not a host name".into()));
                 }
                 update.helo = Some(value);

@@ -12,18 +12,18 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use super::command::{self, Command, MailFrom, RcptTo};
-use super::connection::{Connection, Io, ReadError};
-use super::data::{DataDecoder, Problem};
-use super::reply::{self, Reply};
+use super::Services;
 use super::xclient;
+use crate::smtp::command::{self, Command, MailFrom, RcptTo};
+use crate::smtp::connection::{Connection, Io, ReadError};
+use crate::smtp::data::{DataDecoder, Problem};
+use crate::smtp::reply::{self, Reply};
 use crate::config::BareNewline;
 use crate::envelope::{ClientInfo, Envelope};
 use crate::filter::{Action, headers};
 use crate::relay::RelaySession;
 use crate::relay::received::{now_rfc5322, received_header};
-use crate::server::Services;
-use crate::server::shutdown::Shutdown;
+use crate::shutdown::Shutdown;
 
 /// After this many errors the session is closed (Postfix's `smtpd_hard_error_limit`).
 const MAX_ERRORS: u32 = 20;

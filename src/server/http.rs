@@ -12,8 +12,8 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::server::Services;
-use crate::server::health;
+use super::{Services, health};
+use crate::metrics::metrics;
 
 /// Longest request head read.
 const MAX_HEAD: usize = 8 * 1024;
@@ -92,7 +92,7 @@ async fn route(path: &str, services: &Services) -> Response {
         "/metrics" => Response {
             status: "200 OK",
             content_type: "text/plain; version=0.0.4; charset=utf-8",
-            body: super::metrics().render(),
+            body: metrics().render(),
         },
         "/healthz" => Response::text("200 OK", "ok\n"),
         "/readyz" => {
