@@ -80,82 +80,10 @@ pub fn spam_headers(decision: &Decision, hits: &[&str]) -> Vec<String> {
     out
 }
 
-/// Applies `edits` to a message (CRLF or LF line endings) and returns the new message.
+/// Applies `edits` to a message (CRLF or LF line endings) and returns the new message: the
+/// operations [`plan`](super::header_ops::plan) makes of them, carried out as the MTA would.
 pub fn apply(message: &[u8], edits: &HeaderEdits) -> Vec<u8> {
-    let mut out = Vec::with_capacity(message.len() + 512);
-    for field in &edits.add {
-        out.extend_from_slice(field.as_bytes());
-        out.extend_from_slice(b"\r\n");
-    }
-    let mut rest = message;
-    let mut removing = false;
-    let mut subject_done = edits.subject_prefix.is_none();
-    loop {
-        let line_end = memchr::memchr(b'\n', rest).map_or(rest.len(), |n| n + 1);
-        let line = &rest[..line_end];
-        let content = line.strip_suffix(b"\n").unwrap_or(line);
-        let content = content.strip_suffix(b"\r").unwrap_or(content);
-        if content.is_empty() {
-            // End of the header block (or of a message without body).
-            if !subject_done && let Some(prefix) = &edits.subject_prefix {
-                out.extend_from_slice(format!("Subject: {}\r\n", prefix.trim_end()).as_bytes());
-            }
-            out.extend_from_slice(rest);
-            return out;
-        }
-        let continuation = content[0] == b' ' || content[0] == b'\t';
-        if !continuation {
-            let name = content.iter().position(|&b| b == b':').map(|colon| {
-                String::from_utf8_lossy(&content[..colon])
-                    .trim()
-                    .to_string()
-            });
-            removing = name
-                .as_deref()
-                .is_some_and(|n| edits.remove.iter().any(|r| r.eq_ignore_ascii_case(n)));
-            if !removing
-                && let Some(id) = &edits.remove_auth_results_for
-                && name
-                    .as_deref()
-                    .is_some_and(|n| n.eq_ignore_ascii_case("Authentication-Results"))
-            {
-                let colon = content.iter().position(|&b| b == b':').unwrap_or(0);
-                let value = String::from_utf8_lossy(content.get(colon + 1..).unwrap_or(&[]));
-                removing = super::auth::claims_authserv_id(&value, id);
-            }
-            if !removing
-                && !subject_done
-                && name
-                    .as_deref()
-                    .is_some_and(|n| n.eq_ignore_ascii_case("Subject"))
-                && let Some(prefix) = &edits.subject_prefix
-            {
-                subject_done = true;
-                let colon = content.iter().position(|&b| b == b':').unwrap_or(0);
-                let value = &line[colon + 1..];
-                let skip = value
-                    .iter()
-                    .take_while(|&&b| b == b' ' || b == b'\t')
-                    .count();
-                let value = &value[skip..];
-                out.extend_from_slice(&line[..=colon]);
-                out.push(b' ');
-                if !value.starts_with(prefix.as_bytes()) {
-                    out.extend_from_slice(prefix.as_bytes());
-                }
-                out.extend_from_slice(value);
-                rest = &rest[line_end..];
-                continue;
-            }
-        }
-        if !removing {
-            out.extend_from_slice(line);
-        }
-        rest = &rest[line_end..];
-        if rest.is_empty() {
-            return out;
-        }
-    }
+    super::header_ops::apply(message, &super::header_ops::plan(message, edits))
 }
 
 #[cfg(test)]

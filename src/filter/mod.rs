@@ -17,6 +17,7 @@ pub mod clamav;
 pub mod classifier;
 pub mod dnsbl;
 pub mod engine;
+pub mod header_ops;
 pub mod headers;
 pub mod message;
 pub mod policy;
