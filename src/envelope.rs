@@ -19,6 +19,11 @@ pub struct ClientInfo {
     pub esmtp: bool,
     /// TLS protocol version after STARTTLS, e.g. "TLSv1.3".
     pub tls: Option<String>,
+    /// The client's forward-confirmed host name (FCrDNS): a PTR name whose A/AAAA records
+    /// include the address. `None` until looked up, or when there is none.
+    pub name: Option<String>,
+    /// The client's PTR name, confirmed or not. `None` until looked up, or when there is none.
+    pub reverse_name: Option<String>,
 }
 
 impl ClientInfo {
@@ -71,6 +76,8 @@ impl Envelope {
                 helo: Some("client.example".into()),
                 esmtp: true,
                 tls: None,
+                name: None,
+                reverse_name: None,
             },
             mail_from: MailFrom {
                 address: "a@example.test".into(),

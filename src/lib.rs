@@ -13,8 +13,8 @@ pub mod filter;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod metrics;
-pub mod relay;
 pub mod proxy;
+pub mod relay;
 pub mod server;
 pub mod shutdown;
 pub mod smtp;

@@ -7,18 +7,17 @@
 use std::io::Read;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::json;
 
 use crate::config::Action;
 use std::sync::Arc;
 
-use crate::filter::auth::{AuthInput, AuthResults};
+use crate::filter::auth::AuthResults;
 use crate::filter::clamav::Outcome;
 use crate::filter::classifier::{Answer, Classifier};
-use crate::filter::message::Message;
-use crate::filter::{Filter, Scan, ScanContext, uribl};
+use crate::filter::{Filter, Input, Scan};
 
 /// Options of one `scan` run (also its command line).
 #[derive(Debug, Clone, Default, clap::Args)]
@@ -80,7 +79,6 @@ pub fn run(opts: &ScanOptions) -> u8 {
             }
         }
     }
-    let engine = filter.engine();
     // The sender checks are async (DNS): a small runtime of their own.
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -92,21 +90,16 @@ pub fn run(opts: &ScanOptions) -> u8 {
             return 3;
         }
     };
-    let input = AuthInput {
-        ip: opts.ip,
-        helo: opts.helo.clone(),
-        mail_from: opts.from.clone().unwrap_or_default(),
-    };
-    let mut ctx = ScanContext {
+    // The same input the proxy and the milter give the pipeline at end of data.
+    let input = Input {
+        id: "scan".to_string(),
         ip: opts.ip,
         helo: opts.helo.clone(),
         from: opts.from.clone().unwrap_or_default(),
         recipients: opts.rcpt.clone(),
-        classifier: filter.classifier().cloned(),
         explain: opts.explain,
-        ..ScanContext::default()
+        ..Input::default()
     };
-    let budget = Duration::from_millis(config.rules.scan_timeout_ms);
     let files = if opts.files.is_empty() {
         vec![PathBuf::from("-")]
     } else {
@@ -123,44 +116,19 @@ pub fn run(opts: &ScanOptions) -> u8 {
             }
         };
         // The sender checks need an envelope: they run when --ip or --from is given.
-        let auth = filter
-            .authenticator()
-            .filter(|_| opts.ip.is_some() || opts.from.is_some())
-            .map(|a| runtime.block_on(a.check(&input, &raw)));
-        ctx.preset = auth.as_ref().map(|a| a.symbols.clone()).unwrap_or_default();
-        ctx.preset_scores.clear();
-        // The DNS block lists need the client IP.
-        let dnsbl_hits = match (filter.dnsbl(), opts.ip) {
-            (Some(d), Some(ip)) => runtime.block_on(d.check(ip)),
-            _ => Vec::new(),
-        };
-        ctx.add_list_hits(&dnsbl_hits);
-        // The URI block lists, on the message's links (the scan reuses the parse).
-        // clamd, when [clamav] is enabled, on the message as given (as the proxy relays it).
-        let av = filter.clamav().map(|scanner| {
-            let started = Instant::now();
-            let outcome = runtime.block_on(scanner.scan(&raw));
-            (outcome, started.elapsed())
-        });
-        if let Some(name) = av.as_ref().and_then(|(o, _)| o.symbol()) {
-            ctx.preset.push(name.to_string());
-        }
-        let message = Message::parse(raw);
-        let uribl_hits = match filter.uribl() {
-            Some(u) => runtime.block_on(u.check(&uribl::domains(message.uris()))),
-            None => Vec::new(),
-        };
-        ctx.add_list_hits(&uribl_hits);
-        let mut scan = engine.scan_message(message, &ctx, budget);
-        if let Some(a) = &auth {
-            filter.apply_auth_policy(&mut scan, a, opts.ip);
-        }
-        filter.apply_clamav_policy(&mut scan, av.as_ref().map(|(o, _)| o));
+        let verdict = runtime.block_on(filter.evaluate(&input, &raw));
+        let (scan, checks) = (&verdict.scan, &verdict.checks);
+        let (auth, dnsbl_hits, uribl_hits, av) = (
+            checks.auth.as_ref(),
+            &checks.dnsbl,
+            &checks.uribl,
+            checks.av.as_ref(),
+        );
         let name = file.display().to_string();
         if opts.json {
-            let mut value = to_json(&name, &scan);
+            let mut value = to_json(&name, scan);
             if let Some(obj) = value.as_object_mut() {
-                if let Some(a) = &auth {
+                if let Some(a) = auth {
                     obj.insert("auth".into(), a.to_json());
                 }
                 if filter.dnsbl().is_some() && opts.ip.is_some() {
@@ -171,7 +139,7 @@ pub fn run(opts: &ScanOptions) -> u8 {
                     let hits: Vec<_> = uribl_hits.iter().map(|h| h.to_uribl_json()).collect();
                     obj.insert("uribl".into(), hits.into());
                 }
-                insert_av(obj, av.as_ref());
+                insert_av(obj, av);
                 let vote = scan
                     .classifier
                     .as_ref()
@@ -180,15 +148,15 @@ pub fn run(opts: &ScanOptions) -> u8 {
             }
             println!("{value}");
         } else {
-            print_human(&name, &scan, opts.explain, auth.as_ref());
+            print_human(&name, scan, opts.explain, auth);
             if opts.explain {
                 print_classifier(
-                    &scan,
+                    scan,
                     filter.classifier().is_some(),
                     config.classifier.enabled,
                 );
             }
-            print_av(av.as_ref(), opts.explain);
+            print_av(av, opts.explain);
         }
         code = code.max(exit_code(scan.decision.action));
     }

@@ -71,7 +71,11 @@ fn fields(message: &[u8]) -> (Vec<Field<'_>>, &[u8]) {
                 let name = content
                     .iter()
                     .position(|&b| b == b':')
-                    .map(|colon| String::from_utf8_lossy(&content[..colon]).trim().to_string())
+                    .map(|colon| {
+                        String::from_utf8_lossy(&content[..colon])
+                            .trim()
+                            .to_string()
+                    })
                     .unwrap_or_default();
                 out.push(Field { name, raw: line });
             }
@@ -83,7 +87,10 @@ fn fields(message: &[u8]) -> (Vec<Field<'_>>, &[u8]) {
 
 /// The value of a raw field: everything after the first colon, without the final line end.
 fn raw_value(raw: &[u8]) -> &[u8] {
-    let colon = raw.iter().position(|&b| b == b':').map_or(raw.len(), |c| c + 1);
+    let colon = raw
+        .iter()
+        .position(|&b| b == b':')
+        .map_or(raw.len(), |c| c + 1);
     let value = &raw[colon.min(raw.len())..];
     let value = value.strip_suffix(b"\n").unwrap_or(value);
     value.strip_suffix(b"\r").unwrap_or(value)
@@ -96,6 +103,12 @@ fn split_field(field: &str) -> (String, String) {
         Some((name, value)) => (name.trim().to_string(), value.to_string()),
         None => (field.trim().to_string(), String::new()),
     }
+}
+
+/// An insert of a complete field (`Name: value`, folded with CRLF) at `index`.
+pub fn insert_field(index: usize, field: &str) -> HeaderOp {
+    let (name, value) = split_field(field);
+    HeaderOp::Insert { index, name, value }
 }
 
 /// The operations that carry out `edits` on `message` (its header block as received).
@@ -237,7 +250,11 @@ mod tests {
         let msg = b"X-Spam-Flag: NO\r\nFrom: a@b\r\nX-Spam-Flag: NO\r\nSubject: hi\r\n\r\nbody\r\n";
         let ops = plan(
             msg,
-            &edits(&["x-spam-flag"], &["X-Spam-Flag: YES", "X-A: 1"], Some("[SPAM] ")),
+            &edits(
+                &["x-spam-flag"],
+                &["X-Spam-Flag: YES", "X-A: 1"],
+                Some("[SPAM] "),
+            ),
         );
         assert_eq!(
             ops,

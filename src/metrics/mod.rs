@@ -33,6 +33,11 @@ pub struct Metrics {
     pub sessions_active: IntGauge,
     pub tls_handshakes: IntCounterVec,
     pub commands_rejected: IntCounterVec,
+    /// Transactions refused before the checks ran (too big, a long line, a bare newline, the
+    /// sender refused upstream or by a MAIL-stage check), by reason.
+    pub transactions_refused: IntCounterVec,
+    /// Transactions the client ended before the end of data, by how (rset, quit, …).
+    pub transactions_abandoned: IntCounterVec,
     // Messages.
     pub messages: IntCounterVec,
     pub message_size: Histogram,
@@ -209,9 +214,19 @@ impl Metrics {
                 "Client commands or data refused by the SMTP layer, by reason.",
                 &["reason"],
             ),
+            transactions_refused: counter_vec(
+                "mailwarden_transactions_refused_total",
+                "Transactions refused before the checks ran (also counted in mailwarden_messages_total), by reason.",
+                &["reason"],
+            ),
+            transactions_abandoned: counter_vec(
+                "mailwarden_transactions_abandoned_total",
+                "Transactions ended by the client (or the MTA) before the end of data, by how.",
+                &["reason"],
+            ),
             messages: counter_vec(
                 "mailwarden_messages_total",
-                "Messages received completely, by the final action (accept, tag, reject, tempfail, quarantine, discard).",
+                "Messages, by the final action (accept, tag, reject, tempfail, quarantine, discard); refusals before the checks count as reject or tempfail.",
                 &["action"],
             ),
             message_size: histogram(

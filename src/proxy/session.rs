@@ -14,16 +14,19 @@ use std::time::Duration;
 
 use super::Services;
 use super::xclient;
+use crate::config::BareNewline;
+use crate::envelope::{ClientInfo, Envelope};
+use crate::filter::header_ops::{self, HeaderOp};
+use crate::filter::record::{self, Ending, Refusal};
+use crate::filter::stage::StageInput;
+use crate::filter::{Action, Input, Keeper, Stage, StageResult};
+use crate::relay::RelaySession;
+use crate::relay::received::{now_rfc5322, received_header};
+use crate::shutdown::Shutdown;
 use crate::smtp::command::{self, Command, MailFrom, RcptTo};
 use crate::smtp::connection::{Connection, Io, ReadError};
 use crate::smtp::data::{DataDecoder, Problem};
 use crate::smtp::reply::{self, Reply};
-use crate::config::BareNewline;
-use crate::envelope::{ClientInfo, Envelope};
-use crate::filter::{Action, headers};
-use crate::relay::RelaySession;
-use crate::relay::received::{now_rfc5322, received_header};
-use crate::shutdown::Shutdown;
 
 /// After this many errors the session is closed (Postfix's `smtpd_hard_error_limit`).
 const MAX_ERRORS: u32 = 20;
@@ -33,12 +36,28 @@ const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The transaction in progress after an accepted MAIL.
 struct Transaction {
+    /// Our id for the message (logs, the Received header, the quarantine).
+    id: String,
+    /// A stage check said discard: accept the message, relay nothing.
+    discard: bool,
     /// The client as this transaction knows it (with XFORWARD attributes applied).
     client: ClientInfo,
     mail: MailFrom,
     recipients: Vec<RcptTo>,
     /// RCPT commands seen (accepted or not), for the recipient limit.
     rcpt_attempts: usize,
+}
+
+impl Transaction {
+    /// The envelope of this transaction, as the filter and the relay see it.
+    fn into_envelope(self) -> Envelope {
+        Envelope {
+            id: self.id,
+            client: self.client,
+            mail_from: self.mail,
+            recipients: self.recipients,
+        }
+    }
 }
 
 /// What the session does after a command.
@@ -92,6 +111,18 @@ impl Session {
 
     /// Runs the session to its end.
     pub async fn run(mut self) {
+        // The connect stage: the client's host names, and any check that answers at connect.
+        match self.services.filter.at_connect(&mut self.client).await {
+            StageResult::Continue | StageResult::Discard => {}
+            StageResult::Reject(r) | StageResult::TempFail(r) => {
+                // RFC 5321 §3.1: a server that will not serve the client says so at once.
+                tracing::info!(client = %self.client.addr, reply = %r, "connection refused at connect");
+                count_rejection(&r);
+                self.conn.reply(&r);
+                let _ = tokio::time::timeout(Duration::from_secs(10), self.conn.shutdown()).await;
+                return;
+            }
+        }
         let greeting = reply::greeting(self.hostname());
         self.conn.reply(&greeting);
         let command_timeout = Duration::from_secs(self.services.config.server.command_timeout_secs);
@@ -168,6 +199,7 @@ impl Session {
                 break;
             }
         }
+        self.abandon("disconnect");
         let _ = tokio::time::timeout(Duration::from_secs(10), self.conn.shutdown()).await;
         self.relay.quit().await;
     }
@@ -209,7 +241,7 @@ impl Session {
             Command::Data => return self.data().await,
             Command::Bdat { size, last } => return self.bdat(size, last).await,
             Command::Rset => {
-                self.reset().await;
+                self.reset("rset").await;
                 self.conn.reply(&reply::reset_ok());
             }
             Command::Noop => self.conn.reply(&reply::ok()),
@@ -221,6 +253,7 @@ impl Session {
             Command::Expn => self.error(&reply::not_implemented("EXPN")),
             Command::NotImplemented(verb) => self.error(&reply::not_implemented(&verb)),
             Command::Quit => {
+                self.abandon("quit");
                 let r = reply::closing(self.hostname());
                 self.conn.reply(&r);
                 return Next::Close;
@@ -232,9 +265,10 @@ impl Session {
         Next::Continue
     }
 
-    /// Forgets the transaction here and upstream.
-    async fn reset(&mut self) {
-        self.txn = None;
+    /// Forgets the transaction here and upstream; a transaction still open ends with its log
+    /// line, abandoned for `why`.
+    async fn reset(&mut self, why: &'static str) {
+        self.abandon(why);
         self.forwarded = None;
         self.bdat = None;
         self.relay.rset().await;
@@ -242,7 +276,7 @@ impl Session {
 
     async fn helo(&mut self, name: String, esmtp: bool) {
         // RFC 5321 §4.1.4: EHLO/HELO in a session resets any transaction.
-        self.reset().await;
+        self.reset("ehlo").await;
         self.client.helo = Some(name.clone());
         self.client.esmtp = esmtp;
         let server = &self.services.config.server;
@@ -302,73 +336,36 @@ impl Session {
             Err(r) => return self.error(&r),
         };
         let proxy = self.client.addr;
-        self.reset().await;
+        self.reset("xclient").await;
         update.apply(&mut self.client);
         tracing::debug!(proxy = %proxy, client = %self.client.addr, helo = ?self.client.helo, "XCLIENT");
         let greeting = reply::greeting(self.hostname());
         self.conn.reply(&greeting);
     }
 
-    /// The one line per message (and its metrics): who sent what to whom, what the filter
-    /// found, and what the client was told. No message content.
-    fn log_message(
-        &self,
-        envelope: &Envelope,
-        size: usize,
-        verdict: &crate::filter::Verdict,
-        r: &Reply,
-        kept: bool,
-    ) {
-        let f = &verdict.findings;
-        // The final action: a message the filter passed is what the upstream made of it.
-        let action = match (&verdict.action, r.code() / 100) {
-            (Action::Accept, 4) => "tempfail",
-            (Action::Accept, 5) => "reject",
-            _ => f.action,
+    /// Ends the open transaction (if any) with its one log line.
+    fn end_transaction(&mut self, size: usize, ending: Ending<'_>, r: Option<&Reply>) {
+        let Some(txn) = self.txn.take() else {
+            return;
         };
-        let m = crate::metrics::metrics();
-        m.messages.with_label_values(&[action]).inc();
-        m.message_size.observe(size as f64);
-        m.message_recipients
-            .observe(envelope.recipients.len() as f64);
-        let text = r.lines().last().map(String::as_str).unwrap_or("");
-        let upstream_id = text
-            .split("queued as ")
-            .nth(1)
-            .and_then(|rest| rest.split_whitespace().next())
-            .filter(|_| r.is_positive() && !kept)
-            .unwrap_or("-");
-        let recipients: Vec<&str> = envelope
-            .recipients
-            .iter()
-            .map(|r| r.address.as_str())
-            .collect();
-        tracing::info!(
-            session = %self.id,
-            id = %envelope.id,
-            client = %envelope.client.addr.ip(),
-            helo = %envelope.client.helo.as_deref().unwrap_or("-"),
-            from = %envelope.mail_from.address,
-            rcpts = %recipients.join(","),
+        let envelope = txn.into_envelope();
+        self.log(&envelope, size, ending, r);
+    }
+
+    /// Writes a transaction's log line and counts it (`filter::record`).
+    fn log(&self, envelope: &Envelope, size: usize, ending: Ending<'_>, r: Option<&Reply>) {
+        record::transaction(&record::Transaction {
+            session: &self.id,
+            envelope,
             size,
-            action = %action,
-            score = f.score,
-            rules = %if f.rules.is_empty() { "-".to_string() } else { f.rules.join(",") },
-            auth = %if f.auth.is_empty() { "-" } else { f.auth.as_str() },
-            virus = %f.virus.as_deref().unwrap_or("-"),
-            reply = %r,
-            upstream_id = %upstream_id,
-            timings = %f.timings.log_value(),
-            verdict = %verdict.summary,
-            "message {}",
-            if !r.is_positive() {
-                "refused"
-            } else if kept {
-                "kept (not relayed)"
-            } else {
-                "relayed"
-            }
-        );
+            ending,
+            reply: r,
+        });
+    }
+
+    /// The client left the transaction open (RSET, EHLO, QUIT, a closed connection).
+    fn abandon(&mut self, why: &'static str) {
+        self.end_transaction(0, Ending::Abandoned(why), None);
     }
 
     /// XFORWARD from a trusted proxy (Postfix's `smtpd_proxy_filter`): the client's identity
@@ -409,16 +406,41 @@ impl Session {
         if let Some(forwarded) = &self.forwarded {
             forwarded.apply(&mut client);
         }
-        let r = Box::pin(self.relay.mail(&client, &mail)).await;
+        let mut txn = Transaction {
+            id: new_queue_id(),
+            discard: false,
+            client,
+            mail,
+            recipients: Vec::new(),
+            rcpt_attempts: 0,
+        };
+        let mut input = StageInput {
+            client: &mut txn.client,
+            mail_from: Some(&txn.mail),
+            rcpt: None,
+            recipients: &[],
+        };
+        match self.services.filter.at_stage(Stage::Mail, &mut input).await {
+            StageResult::Continue => {}
+            StageResult::Discard => txn.discard = true,
+            StageResult::Reject(r) | StageResult::TempFail(r) => {
+                let envelope = txn.into_envelope();
+                self.log(&envelope, 0, Ending::Refused(Refusal::Policy), Some(&r));
+                return self.error(&r);
+            }
+        }
+        let r = Box::pin(self.relay.mail(&txn.client, &txn.mail)).await;
         if r.is_positive() {
-            self.txn = Some(Transaction {
-                client,
-                mail,
-                recipients: Vec::new(),
-                rcpt_attempts: 0,
-            });
+            self.txn = Some(txn);
         } else {
             self.errors += 1;
+            let envelope = txn.into_envelope();
+            self.log(
+                &envelope,
+                0,
+                Ending::Refused(Refusal::SenderRefused),
+                Some(&r),
+            );
         }
         self.conn.reply(&r);
     }
@@ -442,6 +464,18 @@ impl Session {
             return self.error(&non_ascii_address());
         }
         txn.rcpt_attempts += 1;
+        let mut input = StageInput {
+            client: &mut txn.client,
+            mail_from: Some(&txn.mail),
+            rcpt: Some(&rcpt),
+            recipients: &txn.recipients,
+        };
+        match self.services.filter.at_stage(Stage::Rcpt, &mut input).await {
+            StageResult::Continue => {}
+            StageResult::Discard => txn.discard = true,
+            // This recipient only; the transaction goes on.
+            StageResult::Reject(r) | StageResult::TempFail(r) => return self.error(&r),
+        }
         let r = self.relay.rcpt(&rcpt).await;
         if !self.relay.transaction_open() {
             self.txn = None;
@@ -492,8 +526,10 @@ impl Session {
         let max = server.max_message_size;
         if size > max as u64 {
             // Too big to read just to stay in step: refuse and close (RFC 3030 §2 lets us).
-            self.reset().await;
-            self.conn.reply(&reply::message_too_big(max));
+            let r = reply::message_too_big(max);
+            self.end_transaction(size as usize, Ending::Refused(Refusal::TooBig), Some(&r));
+            self.reset("rset").await;
+            self.conn.reply(&r);
             return Next::Close;
         }
         if let Err(r) = self.ready_for_message() {
@@ -517,8 +553,10 @@ impl Session {
             return Next::Close;
         }
         if decoder.over_size_limit() {
-            self.reset().await;
-            self.error(&reply::message_too_big(max));
+            let r = reply::message_too_big(max);
+            self.end_transaction(max, Ending::Refused(Refusal::TooBig), Some(&r));
+            self.reset("rset").await;
+            self.error(&r);
             return Next::Continue;
         }
         if !last {
@@ -535,18 +573,28 @@ impl Session {
     async fn finish_message(&mut self, decoder: DataDecoder) -> Next {
         let server = &self.services.config.server;
         let (max_size, max_line) = (server.max_message_size, server.max_text_line);
+        let size = decoder.len();
         let message = match decoder.finish() {
             Ok(message) => message,
             Err(problem) => {
-                self.reset().await;
-                let (r, next) = match problem {
+                let (r, next, why) = match problem {
                     Problem::BareNewline(kind) => {
                         tracing::info!(client = %self.client.addr, "bare {kind} in message data; refused, closing");
-                        (reply::bare_newline(kind), Next::Close)
+                        (reply::bare_newline(kind), Next::Close, Refusal::BareNewline)
                     }
-                    Problem::TooBig => (reply::message_too_big(max_size), Next::Continue),
-                    Problem::LineTooLong => (reply::text_line_too_long(max_line), Next::Continue),
+                    Problem::TooBig => (
+                        reply::message_too_big(max_size),
+                        Next::Continue,
+                        Refusal::TooBig,
+                    ),
+                    Problem::LineTooLong => (
+                        reply::text_line_too_long(max_line),
+                        Next::Continue,
+                        Refusal::LineTooLong,
+                    ),
                 };
+                self.end_transaction(size, Ending::Refused(why), Some(&r));
+                self.reset("rset").await;
                 self.error(&r);
                 return next;
             }
@@ -556,20 +604,23 @@ impl Session {
             return Next::Continue;
         };
         self.forwarded = None;
-        let envelope = Envelope {
-            id: new_queue_id(),
-            client: txn.client,
-            mail_from: txn.mail,
-            recipients: txn.recipients,
-        };
+        let discard = txn.discard;
+        let envelope = txn.into_envelope();
         // Boxed, as are the relay's and STARTTLS's futures: an idle session's task then holds
         // only the small command loop, not the filter's and relay's state (10,000 idle
         // sessions cost ~40 KiB each otherwise; tests/soak.rs measures it).
-        let verdict = Box::pin(self.services.filter.check(&envelope, &message)).await;
-        let kept = matches!(verdict.action, Action::Drop(_));
-        let r = match verdict.action.clone() {
-            Action::Accept => {
-                let mut edits = verdict.edits.clone();
+        let filter = &self.services.filter;
+        let mut verdict =
+            Box::pin(filter.evaluate(&Input::from_envelope(&envelope), &message)).await;
+        let mut action =
+            Box::pin(filter.act(&envelope, &message, &mut verdict, Keeper::Filter)).await;
+        if discard && matches!(action, Action::Accept) {
+            verdict.findings.action = "discard";
+            action = Action::Drop(reply::accepted(&envelope.id));
+        }
+        let kept = matches!(action, Action::Drop(_) | Action::Hold(_));
+        let r = match action {
+            Action::Accept | Action::Hold(_) => {
                 let received = received_header(
                     &envelope,
                     &self.services.config.server.hostname,
@@ -577,8 +628,13 @@ impl Session {
                 );
                 // Our Received goes right above the message as the client sent it, below
                 // the filter's result headers: everything after it is the client's bytes.
-                edits.add.push(received);
-                let full = headers::apply(&message, &edits);
+                let mut ops = verdict.headers.clone();
+                let on_top = ops
+                    .iter()
+                    .filter(|op| matches!(op, HeaderOp::Insert { .. }))
+                    .count();
+                ops.push(header_ops::insert_field(on_top, &received));
+                let full = header_ops::apply(&message, &ops);
                 Box::pin(self.relay.data(&envelope, full)).await
             }
             Action::Reject(r) | Action::TempFail(r) | Action::Drop(r) => {
@@ -586,7 +642,11 @@ impl Session {
                 r
             }
         };
-        self.log_message(&envelope, message.len(), &verdict, &r, kept);
+        let ending = Ending::Verdict {
+            verdict: &verdict,
+            kept,
+        };
+        self.log(&envelope, message.len(), ending, Some(&r));
         self.conn.reply(&r);
         Next::Continue
     }
@@ -628,7 +688,7 @@ impl Session {
             Ok(Ok(version)) => {
                 count_tls("ok");
                 // RFC 3207 §4.2: forget everything learnt before the handshake.
-                self.reset().await;
+                self.reset("starttls").await;
                 self.client.helo = None;
                 self.client.esmtp = false;
                 self.client.tls = Some(version);

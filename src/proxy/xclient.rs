@@ -17,8 +17,8 @@
 
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 
-use crate::smtp::reply::Reply;
 use crate::envelope::ClientInfo;
+use crate::smtp::reply::Reply;
 
 /// The attributes we accept, for the EHLO keyword line (Postfix's order).
 pub const EHLO_KEYWORD: &str = "XCLIENT NAME ADDR PORT PROTO HELO LOGIN DESTADDR DESTPORT";
@@ -200,6 +200,8 @@ mod tests {
             helo: Some("proxy.example".into()),
             esmtp: true,
             tls: None,
+            name: None,
+            reverse_name: None,
         }
     }
 

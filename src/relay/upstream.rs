@@ -515,6 +515,8 @@ mod tests {
             helo: Some("a+b=c".into()),
             esmtp: true,
             tls: None,
+            name: None,
+            reverse_name: None,
         };
         let offered: Vec<String> = ["ADDR", "HELO", "NAME"]
             .iter()

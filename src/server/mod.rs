@@ -24,12 +24,12 @@ use crate::config::{Config, UpstreamTarget};
 use crate::envelope::ClientInfo;
 use crate::filter::Filter;
 use crate::filter::classifier::Classifier;
+use crate::proxy::{self, Session};
 use crate::relay::maildir::Maildir;
 use crate::relay::upstream::UpstreamSettings;
 use crate::relay::{Relay, SmtpRelay};
-use crate::smtp::reply;
-use crate::proxy::{self, Session};
 use crate::shutdown;
+use crate::smtp::reply;
 
 /// After the grace period, how long sessions may take to send their 421 or finish an
 /// upstream exchange already under way.
@@ -64,7 +64,13 @@ impl Services {
         } else {
             None
         };
-        let tls = match config.tls.as_ref().filter(|_| proxied).map(tls::acceptor).transpose() {
+        let tls = match config
+            .tls
+            .as_ref()
+            .filter(|_| proxied)
+            .map(tls::acceptor)
+            .transpose()
+        {
             Ok(tls) => tls,
             Err(e) => {
                 problems.push(format!("{e:#}"));
@@ -443,6 +449,8 @@ async fn run_session(
         helo: None,
         esmtp: false,
         tls: None,
+        name: None,
+        reverse_name: None,
     };
     tracing::debug!(client = %addr, "connect");
     Session::new(Box::new(stream), client, services, shutdown)
