@@ -8,6 +8,10 @@
 //! The instance keeps Postfix's defaults for SMTP parsing, in particular it accepts bare
 //! LF line endings (`smtpd_forbid_bare_newline = no`), so it is vulnerable to SMTP
 //! smuggling on its own. That is the point: the proxy in front of it must protect it.
+//!
+//! [`Postfix::start_with_milter`] runs the instance as a *milter client* instead: the lines of
+//! deploy/postfix/milter/main.cf.fragment, read at test time, are appended to main.cf with
+//! only the milter address changed, so the tests exercise the very lines admins install.
 
 use std::fmt::Write as _;
 use std::io::{BufRead, BufReader, Write};
@@ -67,6 +71,31 @@ impl Postfix {
         extra_master_cf: &str,
     ) -> Postfix {
         Self::start_custom(extra_main_cf, &[], Some(listener), extra_master_cf)
+    }
+
+    /// Starts an instance that asks `milter` (`"inet:127.0.0.1:PORT"` or `"unix:PATH"`)
+    /// about every message, with the lines of deploy/postfix/milter/main.cf.fragment (see
+    /// [`milter_fragment`]). With `relay_to`, accepted mail for example.org is relayed by SMTP
+    /// to that address (a fake upstream, smtp-sink, another Postfix) instead of being
+    /// delivered into this instance's Maildir ([`delivered`](Self::delivered) then stays
+    /// empty and [`settle`](Self::settle) cannot be used). Without it, a message the milter
+    /// accepts lands in the Maildir as with [`start`](Self::start).
+    pub fn start_with_milter(milter: &str, relay_to: Option<SocketAddr>) -> Postfix {
+        let mut extra = milter_fragment(milter);
+        if let Some(to) = relay_to {
+            // Later lines win: example.org stops being a local virtual domain, and all mail
+            // leaves through the SMTP client to `to` (the next hop in brackets: no DNS).
+            let hop = format!("smtp:[{}]:{}", to.ip(), to.port());
+            let _ = write!(
+                extra,
+                "\n# Relay instead of local delivery (Postfix::start_with_milter)\n\
+                 virtual_mailbox_domains =\n\
+                 relay_domains = example.org\n\
+                 relay_transport = {hop}\n\
+                 default_transport = {hop}\n"
+            );
+        }
+        Self::start_with(&extra)
     }
 
     fn start_custom(
@@ -350,6 +379,68 @@ impl Postfix {
         others
     }
 
+    /// The delivered messages as bytes (the Maildir, sorted by file name): the same as
+    /// [`messages`](Self::messages), named for milter tests that assert "delivered once".
+    pub fn delivered(&self) -> Vec<Vec<u8>> {
+        self.messages()
+    }
+
+    /// Postfix's log, one entry per line.
+    pub fn log_lines(&self) -> Vec<String> {
+        self.log().lines().map(str::to_owned).collect()
+    }
+
+    /// Log lines containing `needle` (e.g. `"milter-reject"`, a queue id).
+    pub fn log_lines_containing(&self, needle: &str) -> Vec<String> {
+        self.log_lines()
+            .into_iter()
+            .filter(|l| l.contains(needle))
+            .collect()
+    }
+
+    /// Queue ids of the messages in the hold queue (a milter's quarantine action), from
+    /// `postqueue -j`; sorted.
+    pub fn postqueue_held(&self) -> Vec<String> {
+        let mut ids: Vec<String> = self
+            .postqueue_json()
+            .into_iter()
+            .filter(|e| e["queue_name"] == "hold")
+            .filter_map(|e| e["queue_id"].as_str().map(str::to_owned))
+            .collect();
+        ids.sort();
+        ids
+    }
+
+    /// Every queued message as `postqueue -c CONF -j` describes it (one JSON object each:
+    /// `queue_name`, `queue_id`, `sender`, `recipients`, ...); empty when the queue is.
+    pub fn postqueue_json(&self) -> Vec<serde_json::Value> {
+        let postqueue = super::find_program("postqueue").unwrap_or_else(|| {
+            panic!("`postqueue` is not installed: apt-get install postfix (or scripts/test.sh)")
+        });
+        let out = Command::new(&postqueue)
+            .arg("-c")
+            .arg(&self.conf)
+            .arg("-j")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("run {} -c {:?} -j: {e}", postqueue.display(), self.conf));
+        assert!(
+            out.status.success(),
+            "postqueue -c {:?} -j failed ({}): {}",
+            self.conf,
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| {
+                serde_json::from_str(l)
+                    .unwrap_or_else(|e| panic!("postqueue -j printed {l:?}, not JSON: {e}"))
+            })
+            .collect()
+    }
+
     /// Waits (up to 5 s) for the log to contain `needle`, then returns the log.
     pub fn log_containing(&self, needle: &str) -> String {
         let found = super::wait_until(Duration::from_secs(5), || {
@@ -390,6 +481,31 @@ impl Drop for Postfix {
             }
         }
     }
+}
+
+/// deploy/postfix/milter/main.cf.fragment as shipped, read now, with the value of its one
+/// `smtpd_milters = ` line replaced by `milter`. Nothing else changes: `non_smtpd_milters =
+/// $smtpd_milters` follows it.
+pub fn milter_fragment(milter: &str) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/postfix/milter/main.cf.fragment");
+    let text =
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    let key = "smtpd_milters = ";
+    assert_eq!(
+        text.lines().filter(|l| l.starts_with(key)).count(),
+        1,
+        "{} must have exactly one line starting with {key:?}",
+        path.display()
+    );
+    let mut out = format!("# --- {} (smtpd_milters changed)\n", path.display());
+    for line in text.lines() {
+        if line.starts_with(key) {
+            let _ = writeln!(out, "{key}{milter}");
+        } else {
+            let _ = writeln!(out, "{line}");
+        }
+    }
+    out
 }
 
 /// Sets a file's modification time one minute into the past.
