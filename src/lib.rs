@@ -13,6 +13,7 @@ pub mod filter;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod metrics;
+pub mod milter;
 pub mod proxy;
 pub mod relay;
 pub mod server;

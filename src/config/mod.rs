@@ -16,11 +16,13 @@ mod blocklist;
 mod clamav;
 mod classifier;
 mod filter;
+mod milter;
 pub use attachments::AttachmentsConfig;
 pub use auth::{AuthConfig, DnsConfig};
 pub use blocklist::{BlockListConfig, default_blocked_codes};
 pub use clamav::{ClamavConfig, ClamdAddress, OnError, OnVirus};
 pub use classifier::ClassifierConfig;
+pub use milter::MilterConfig;
 /// A `[[dnsbl]]` table.
 pub type DnsblConfig = BlockListConfig;
 /// A `[[uribl]]` table (the same keys as `[[dnsbl]]`).
@@ -67,6 +69,9 @@ pub struct Config {
     /// `[classifier]`: the learning classifier (Bayes) and its model file.
     #[serde(default)]
     pub classifier: ClassifierConfig,
+    /// `[milter]`: the milter front end (off by default).
+    #[serde(default)]
+    pub milter: MilterConfig,
 }
 
 /// `[server]`: the inbound SMTP listener and its limits.
@@ -411,6 +416,9 @@ impl Config {
         if let Err(e) = self.classifier.validate() {
             p.list.push(format!("{origin}: {e}"));
         }
+        if let Err(e) = self.milter.validate() {
+            p.list.push(format!("{origin}: {e}"));
+        }
         if p.list.is_empty() {
             Ok(())
         } else {
@@ -420,10 +428,10 @@ impl Config {
 
     fn validate_server(&self, p: &mut Problems) {
         let s = &self.server;
-        if s.listen.is_empty() {
+        if s.listen.is_empty() && !self.milter.enabled() {
             p.add(
                 "server.listen",
-                "needs at least one address, e.g. [\"127.0.0.1:2525\"]".into(),
+                "needs at least one address, e.g. [\"127.0.0.1:2525\"] (an empty list is for a milter-only node: then set [milter] listen)".into(),
             );
         }
         if !is_valid_hostname(&s.hostname) {

@@ -252,6 +252,8 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         tracing::info!("listening on {bound}");
         listeners.push(listener);
     }
+    let (trigger, shutdown_rx) = shutdown::channel();
+    let milters = start_milters(&services, &shutdown_rx).await?;
     tracing::info!(
         hostname = %server.hostname,
         upstream = %services.relay().map_or("none (milter only)".to_string(), Relay::describe),
@@ -291,7 +293,6 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         max_per_ip: server.max_sessions_per_ip,
         state: Mutex::new((0, HashMap::new())),
     });
-    let (trigger, shutdown_rx) = shutdown::channel();
     let mut accept_tasks = Vec::new();
     for listener in listeners.into_iter().zip(services.proxy.iter().cycle()) {
         let (listener, services) = (listener.0, listener.1.clone());
@@ -334,8 +335,57 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
             tracing::warn!(sessions = left, "closing sessions that did not finish");
         }
     }
+    // Milter connections end when the MTA closes them (its SMTP session is over), or after
+    // the grace period.
+    for task in milters {
+        let _ = task.await;
+    }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Binds every `[milter] listen` address and serves the MTA's milter connections on them
+/// until the drain signal; each then waits up to `[server] shutdown_grace` for its open
+/// connections.
+async fn start_milters(
+    services: &Arc<Services>,
+    shutdown: &shutdown::Shutdown,
+) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
+    let config = &services.config;
+    let handler = Arc::new(crate::milter::handler::PipelineHandler::new(
+        services.filter.clone(),
+    ));
+    let mut tasks = Vec::new();
+    for address in &config.milter.listen {
+        let listener = crate::milter::bind(address).await.with_context(|| {
+            format!("milter.listen: cannot listen on {address} (another milter on that port, or a directory Postfix cannot reach? choose another address in milter.listen)")
+        })?;
+        tracing::info!(address = %address, "milter listening (Postfix: smtpd_milters = {})", postfix_name(address, &listener));
+        let settings = crate::milter::Settings {
+            progress_interval: config.milter.progress_interval(),
+            max_message_size: config.server.max_message_size,
+            stop_grace: config.server.shutdown_grace.0,
+        };
+        let mut draining = shutdown.draining.clone();
+        let stop = async move {
+            let _ = draining.wait_for(|d| *d).await;
+        };
+        tasks.push(tokio::spawn(crate::milter::serve(
+            listener,
+            handler.clone(),
+            settings,
+            stop,
+        )));
+    }
+    Ok(tasks)
+}
+
+/// How Postfix names a milter address: `inet:host:port` or `unix:/path`.
+fn postfix_name(address: &str, listener: &crate::milter::Listener) -> String {
+    match listener.local_addr() {
+        Some(addr) => format!("inet:{addr}"),
+        None => address.to_string(),
+    }
 }
 
 /// Tells the admin at start-up if the upstream cannot be reached (not fatal: the MTA may
