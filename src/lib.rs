@@ -12,6 +12,7 @@ pub mod filter;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod metrics;
+pub mod milter;
 pub mod relay;
 pub mod server;
 pub mod smtp;
