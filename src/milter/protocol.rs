@@ -773,7 +773,7 @@ mod tests {
             Err(ProtocolError::BadFamily(b'X'))
         ));
         assert!(matches!(
-            Command::decode(b'C', b"h\04\x01"),
+            Command::decode(b'C', &[b'h', 0, b'4', 1]),
             Err(ProtocolError::Short(b'C'))
         ));
         assert!(matches!(
