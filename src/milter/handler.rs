@@ -16,9 +16,7 @@
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 
-use super::session::{
-    Connection, Decision, EndOfMessage, Handler, Modification, Transaction,
-};
+use super::session::{Connection, Decision, EndOfMessage, Handler, Modification, Transaction};
 use crate::envelope::{ClientInfo, Envelope};
 use crate::filter::header_ops::HeaderOp;
 use crate::filter::record::{self, Ending};
@@ -47,9 +45,7 @@ fn known(name: Option<&str>) -> Option<String> {
 /// The client as the filter knows it, from what the MTA told us. Mail submitted locally
 /// (Postfix `sendmail`, `non_smtpd_milters`) has no client address: it is 127.0.0.1.
 fn client_info(conn: &Connection) -> ClientInfo {
-    let ip = conn
-        .client_ip
-        .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
+    let ip = conn.client_ip.unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
     let ip = match ip {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
         v4 => v4,
@@ -107,12 +103,20 @@ fn modifications(ops: &[HeaderOp]) -> Vec<Modification> {
     let value = |v: &str| v.strip_prefix(' ').unwrap_or(v).to_string();
     ops.iter()
         .map(|op| match op {
-            HeaderOp::Insert { index, name, value: v } => Modification::InsertHeader {
+            HeaderOp::Insert {
+                index,
+                name,
+                value: v,
+            } => Modification::InsertHeader {
                 index: u32::try_from(*index).unwrap_or(u32::MAX),
                 name: name.clone(),
                 value: value(v),
             },
-            HeaderOp::Change { name, nth, value: v } => Modification::ChangeHeader {
+            HeaderOp::Change {
+                name,
+                nth,
+                value: v,
+            } => Modification::ChangeHeader {
                 index: u32::try_from(*nth).unwrap_or(u32::MAX),
                 name: name.clone(),
                 value: value(v),
@@ -302,6 +306,9 @@ mod tests {
         assert_eq!(known(Some("unknown")), None);
         assert_eq!(known(Some("[192.0.2.1]")), None);
         assert_eq!(known(Some("")), None);
-        assert_eq!(known(Some("Mail.Example.ORG.")), Some("mail.example.org".into()));
+        assert_eq!(
+            known(Some("Mail.Example.ORG.")),
+            Some("mail.example.org".into())
+        );
     }
 }
