@@ -1,7 +1,7 @@
 //! Where the MTA reaches the milter front end: a TCP or unix-domain listening socket, and the
 //! accept loop that serves many MTA connections at once and stops cleanly.
 //!
-//! Addresses: "127.0.0.1:11332", "[::1]:11332" (Postfix: `inet:127.0.0.1:11332`,
+//! Addresses: "127.0.0.1:11332", `"[::1]:11332"` (Postfix: `inet:127.0.0.1:11332`,
 //! `inet:[::1]:11332`) or "unix:/run/mailwarden/milter.sock" (Postfix:
 //! `unix:/run/mailwarden/milter.sock`; a path relative to Postfix's chroot if smtpd runs
 //! chrooted).
