@@ -4,9 +4,9 @@
 
 mod support;
 
-use std::net::{IpAddr, SocketAddr, TcpStream, UdpSocket};
+use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use mail_auth::common::crypto::{Ed25519Key, RsaKey, Sha256};
@@ -39,11 +39,14 @@ const DNSBL_RECORDS: [(&str, &str); 6] = [
     ("blocked-domain.test.uri.test", "127.255.255.254"),
 ];
 
-/// A dnsmasq instance on 127.0.0.1:<free port>; killed on drop.
-struct Dns {
-    child: Child,
-    addr: SocketAddr,
-    _dir: tempfile::TempDir,
+/// A dnsmasq instance serving the test records; killed on drop (`support::dns`).
+struct Dns(support::Dns);
+
+impl std::ops::Deref for Dns {
+    type Target = support::Dns;
+    fn deref(&self) -> &support::Dns {
+        &self.0
+    }
 }
 
 impl Dns {
@@ -70,83 +73,23 @@ impl Dns {
             ("mail.example.test", "v=spf1 ip4:192.0.2.0/24 -all"),
             ("loop.test", "v=spf1 ip4:127.0.0.0/8 -all"),
         ];
-        let dnsmasq = ["/usr/sbin/dnsmasq", "/usr/bin/dnsmasq"]
-            .into_iter()
-            .find(|p| Path::new(p).exists())
-            .expect(
-                "dnsmasq is not installed: apt-get install dnsmasq-base (scripts/test.sh does)",
-            );
-        for _attempt in 0..5 {
-            let dir = tempfile::tempdir().expect("temp dir");
-            let port = free_port();
-            let mut conf = String::new();
-            // The whole test TLD is local: undefined names (e.g. DMARC's tree walk up to
-            // _dmarc.test) get NXDOMAIN, not REFUSED.
-            conf.push_str("local=/test/\n");
-            for (name, txt) in records {
-                conf.push_str(&format!("txt-record={name},\"{txt}\"\n"));
-            }
-            for (name, txt) in extra {
-                let strings: Vec<String> = txt
-                    .as_bytes()
-                    .chunks(255)
-                    .map(|c| format!("\"{}\"", String::from_utf8_lossy(c)))
-                    .collect();
-                conf.push_str(&format!("txt-record={name},{}\n", strings.join(",")));
-            }
-            for (name, a) in DNSBL_RECORDS {
-                conf.push_str(&format!("host-record={name},{a}\n"));
-            }
-            let conf_path = dir.path().join("dnsmasq.conf");
-            std::fs::write(&conf_path, conf).expect("write dnsmasq.conf");
-            let child = Command::new(dnsmasq)
-                .arg(format!("--port={port}"))
-                .args([
-                    "--listen-address=127.0.0.1",
-                    "--bind-interfaces",
-                    "--no-resolv",
-                    "--no-hosts",
-                    "--keep-in-foreground",
-                    "--log-facility=-",
-                    "--user=root",
-                    "--pid-file=",
-                ])
-                .arg(format!("--conf-file={}", conf_path.display()))
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("spawn dnsmasq");
-            let addr = SocketAddr::from(([127, 0, 0, 1], port));
-            let mut dns = Dns {
-                child,
-                addr,
-                _dir: dir,
-            };
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while Instant::now() < deadline {
-                if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
-                    return dns;
-                }
-                if let Ok(Some(_)) = dns.child.try_wait() {
-                    break; // port taken meanwhile: try another
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
+        let mut conf = String::new();
+        for (name, txt) in records {
+            conf.push_str(&format!("txt-record={name},\"{txt}\"\n"));
         }
-        panic!("dnsmasq did not start");
+        for (name, txt) in extra {
+            let strings: Vec<String> = txt
+                .as_bytes()
+                .chunks(255)
+                .map(|c| format!("\"{}\"", String::from_utf8_lossy(c)))
+                .collect();
+            conf.push_str(&format!("txt-record={name},{}\n", strings.join(",")));
+        }
+        for (name, a) in DNSBL_RECORDS {
+            conf.push_str(&format!("host-record={name},{a}\n"));
+        }
+        Dns(support::Dns::start(&conf))
     }
-}
-
-impl Drop for Dns {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    let udp = UdpSocket::bind("127.0.0.1:0").expect("bind");
-    udp.local_addr().expect("addr").port()
 }
 
 fn authenticator(ns: SocketAddr, timeout_ms: u64) -> Authenticator {
@@ -302,7 +245,7 @@ fn spf_pass_fail_softfail_none() {
 #[test]
 fn dns_down_or_silent_is_temperror_not_a_hang() {
     // Nobody listens: the query is refused at once.
-    let closed = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let closed = SocketAddr::from(([127, 0, 0, 1], support::unused_port()));
     // Someone listens but never answers: the lookup times out.
     let silent = UdpSocket::bind("127.0.0.1:0").expect("bind");
     let silent_addr = silent.local_addr().expect("addr");
@@ -572,7 +515,7 @@ fn dnsbl_listed_unlisted_blocked_and_trusted() {
 
 #[test]
 fn dnsbl_dns_down_or_silent_is_not_listed_and_no_hang() {
-    let closed = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let closed = SocketAddr::from(([127, 0, 0, 1], support::unused_port()));
     let silent = UdpSocket::bind("127.0.0.1:0").expect("bind");
     let silent_addr = silent.local_addr().expect("addr");
     for ns in [closed, silent_addr] {
@@ -655,7 +598,7 @@ fn dnsbl_in_scan_json() {
         }
     }
     // DNS server down: not listed, and quickly.
-    let down = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let down = SocketAddr::from(([127, 0, 0, 1], support::unused_port()));
     let (clean, elapsed) = scan_json(&dnsbl_config(down, 300), "127.0.0.2");
     assert_eq!(symbol_score(&clean, "RBL_TEST"), None, "{clean}");
     assert!(elapsed < Duration::from_secs(3), "took {elapsed:?}");
@@ -907,7 +850,7 @@ fn uribl_listed_unlisted_blocked() {
 
 #[test]
 fn uribl_dns_down_or_silent_is_not_listed_and_no_hang() {
-    let closed = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let closed = SocketAddr::from(([127, 0, 0, 1], support::unused_port()));
     let silent = UdpSocket::bind("127.0.0.1:0").expect("bind");
     let silent_addr = silent.local_addr().expect("addr");
     // Many domains, all asked at once: one timeout in all, not one per domain.
@@ -988,7 +931,7 @@ fn uribl_in_scan_json() {
         assert_eq!(clean["uribl"], serde_json::json!([]), "{link}: {clean}");
     }
     // DNS server down: not listed, and quickly.
-    let down = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let down = SocketAddr::from(([127, 0, 0, 1], support::unused_port()));
     let (clean, elapsed) = scan_message_json(
         &uribl_config(down, 300),
         &with_link("http://www.spam-domain.test/x", "c"),

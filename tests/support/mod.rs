@@ -23,6 +23,7 @@
 #![allow(dead_code, unused_imports)]
 
 pub mod clamd;
+pub mod dns;
 pub mod client;
 pub mod fake_upstream;
 pub mod messages;
@@ -30,6 +31,7 @@ pub mod postfix;
 pub mod proxy;
 
 pub use clamd::{Clamd, SilentClamd};
+pub use dns::Dns;
 pub use client::{Reply, SmtpClient};
 pub use fake_upstream::{Action, FakeUpstream, ReceivedMessage, Script};
 pub use postfix::Postfix;
