@@ -21,6 +21,7 @@ pub mod headers;
 pub mod message;
 pub mod policy;
 pub mod quarantine;
+pub mod rdns;
 pub mod record;
 pub mod reload;
 pub mod rules;

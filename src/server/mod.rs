@@ -414,6 +414,9 @@ async fn run_session(
         helo: None,
         esmtp: false,
         tls: None,
+        name: None,
+        reverse_name: None,
+        names_temporary: false,
     };
     tracing::debug!(client = %addr, "connect");
     Session::new(Box::new(stream), client, services, shutdown)
