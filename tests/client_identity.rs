@@ -264,6 +264,11 @@ fn postfix_rcpt_reply(postfix: &Postfix, helo: &str, names: ClientNames) -> Stri
         let mut conn = UpstreamConnection::open(settings, &client)
             .await
             .expect("XCLIENT accepted");
+        // As the session does before each transaction: Postfix stops offering XCLIENT once
+        // it has one, and the same client must not be introduced again.
+        conn.introduce_if_needed(&client)
+            .await
+            .expect("no second XCLIENT for the same client");
         let mail = conn
             .mail(&client, "MAIL FROM:<a@example.test>")
             .await

@@ -130,8 +130,9 @@ pub struct UpstreamConnection {
     settings: Arc<UpstreamSettings>,
     /// Whether XFORWARD must be sent before each MAIL.
     use_xforward: bool,
-    /// The XCLIENT attributes the upstream was last told (address, names, HELO …), if any.
-    xclient_for: Option<Vec<String>>,
+    /// The XCLIENT attributes the upstream offered and was told (address, names, HELO …),
+    /// if any. The offer is kept: after XCLIENT, Postfix no longer offers it to us.
+    xclient_for: Option<(Vec<String>, Vec<String>)>,
 }
 
 /// Longest reply line and most lines we accept from the upstream.
@@ -216,9 +217,8 @@ impl UpstreamConnection {
     /// allowed outside a transaction and restarts the upstream session (Postfix XCLIENT_README).
     pub async fn introduce_if_needed(&mut self, client: &ClientInfo) -> Result<(), UpstreamError> {
         match &self.xclient_for {
-            Some(told) => {
-                let offered = self.caps.xclient.clone().unwrap_or_default();
-                if *told != client_attributes(client, &offered, Verb::Xclient) {
+            Some((offered, told)) => {
+                if *told != client_attributes(client, offered, Verb::Xclient) {
                     return self.introduce(client).await;
                 }
                 Ok(())
@@ -231,9 +231,9 @@ impl UpstreamConnection {
     async fn introduce(&mut self, client: &ClientInfo) -> Result<(), UpstreamError> {
         let want_xclient = self.settings.xclient != Xclient::Never;
         self.xclient_for = None;
-        match (&self.caps.xclient, want_xclient) {
+        match (self.caps.xclient.clone(), want_xclient) {
             (Some(offered), true) => {
-                let attrs = client_attributes(client, offered, Verb::Xclient);
+                let attrs = client_attributes(client, &offered, Verb::Xclient);
                 let reply = self.send_attributes(Verb::Xclient, &attrs).await?;
                 // Postfix answers 220 (a new greeting), smtp-sink 250; either way the session
                 // restarts and wants a new EHLO.
@@ -246,7 +246,7 @@ impl UpstreamConnection {
                         .unwrap_or(&self.settings.helo_name)
                         .to_string();
                     self.ehlo_as(&helo).await?;
-                    self.xclient_for = Some(attrs);
+                    self.xclient_for = Some((offered, attrs));
                     return Ok(());
                 }
                 if self.settings.xclient == Xclient::Always {
