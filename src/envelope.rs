@@ -4,6 +4,7 @@
 
 use std::net::SocketAddr;
 
+use crate::filter::rdns::ClientNames;
 use crate::smtp::command::{MailFrom, RcptTo};
 
 /// The connected client, as the session knows it.
@@ -19,14 +20,38 @@ pub struct ClientInfo {
     pub esmtp: bool,
     /// TLS protocol version after STARTTLS, e.g. "TLSv1.3".
     pub tls: Option<String>,
-    /// The client's forward-confirmed host name (FCrDNS): a PTR name whose A/AAAA records
-    /// include the address. `None` until looked up, or when there is none.
+    /// The verified host name (FCrDNS: a PTR name that resolves back to `addr`); None until
+    /// looked up, or when there is none (`filter::rdns`).
     pub name: Option<String>,
-    /// The client's PTR name, confirmed or not. `None` until looked up, or when there is none.
+    /// The first PTR name of `addr`, unverified; None until looked up, or when there is none.
     pub reverse_name: Option<String>,
+    /// The names are missing because the lookup failed temporarily (timeout, SERVFAIL): the
+    /// upstream is told `[TEMPUNAVAIL]`, so its hostname restrictions answer 4xx, not 5xx.
+    pub names_temporary: bool,
 }
 
 impl ClientInfo {
+    /// Records the outcome of the connect-time name lookup.
+    pub fn set_names(&mut self, names: ClientNames) {
+        self.name = names.name;
+        self.reverse_name = names.reverse_name;
+        self.names_temporary = names.temporary;
+    }
+
+    /// The names as the lookup gave them (all unknown before it ran).
+    pub fn names(&self) -> ClientNames {
+        ClientNames {
+            reverse_name: self.reverse_name.clone(),
+            name: self.name.clone(),
+            temporary: self.names_temporary,
+        }
+    }
+
+    /// Forgets the names (the address changed, e.g. by inbound XCLIENT/XFORWARD).
+    pub fn clear_names(&mut self) {
+        self.set_names(ClientNames::default());
+    }
+
     /// The address in SMTP address-literal form: `[192.0.2.1]` or `[IPv6:2001:db8::1]`.
     pub fn address_literal(&self) -> String {
         match self.addr.ip() {
@@ -78,6 +103,7 @@ impl Envelope {
                 tls: None,
                 name: None,
                 reverse_name: None,
+                names_temporary: false,
             },
             mail_from: MailFrom {
                 address: "a@example.test".into(),

@@ -5,12 +5,22 @@
 //! The proof is what the upstream is told: the proxy forwards the client's identity with
 //! XCLIENT to the (fake) upstream, so `ADDR=` there is the address mailwarden believes.
 //! The sender checks (SPF on that address) are covered in tests/auth.rs.
+//!
+//! The client's host names (`filter::rdns`) reach the upstream as XCLIENT `NAME=` and
+//! `REVERSE_NAME=`: a real Postfix with `reject_unknown_client_hostname` judges them as it
+//! would judge the client directly.
 
 mod support;
 
 use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
 
-use support::{FakeUpstream, Proxy, Script, SmtpClient};
+use mailwarden::config::Xclient;
+use mailwarden::envelope::ClientInfo;
+use mailwarden::filter::rdns::ClientNames;
+use mailwarden::relay::upstream::{UpstreamConnection, UpstreamSettings};
+use support::{FakeUpstream, Postfix, Proxy, Script, SmtpClient};
 
 const MESSAGE: &[u8] = b"From: a@example.org\r\nTo: b@example.org\r\nSubject: hi\r\n\r\nhello\r\n";
 
@@ -219,4 +229,141 @@ fn xforward_from_a_trusted_proxy_names_the_client_of_the_next_transaction_only()
     let r = c.cmd("XFORWARD ADDR=192.0.2.9");
     assert_eq!((r.code, r.enhanced()), (550, Some("5.7.0")), "{r}");
     c.quit();
+}
+
+/// What Postfix answers to RCPT for a client at 192.0.2.7 with these names, passed by the
+/// production upstream code (XCLIENT, then MAIL and RCPT).
+fn postfix_rcpt_reply(postfix: &Postfix, helo: &str, names: ClientNames) -> String {
+    let settings = Arc::new(UpstreamSettings {
+        address: postfix.addr().to_string(),
+        helo_name: "mx.example.test".into(),
+        xclient: Xclient::Always,
+        xforward: false,
+        starttls: false,
+        chunking: false,
+        connect_timeout: Duration::from_secs(5),
+        command_timeout: Duration::from_secs(10),
+        data_timeout: Duration::from_secs(10),
+    });
+    let mut client = ClientInfo {
+        addr: "192.0.2.7:40000".parse().expect("addr"),
+        local: "127.0.0.1:25".parse().expect("addr"),
+        helo: Some(helo.into()),
+        esmtp: true,
+        tls: None,
+        name: None,
+        reverse_name: None,
+        names_temporary: false,
+    };
+    client.set_names(names);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let mut conn = UpstreamConnection::open(settings, &client)
+            .await
+            .expect("XCLIENT accepted");
+        // As the session does before each transaction: Postfix stops offering XCLIENT once
+        // it has one, and the same client must not be introduced again.
+        conn.introduce_if_needed(&client)
+            .await
+            .expect("no second XCLIENT for the same client");
+        let mail = conn
+            .mail(&client, "MAIL FROM:<a@example.test>")
+            .await
+            .expect("MAIL");
+        assert_eq!(mail.code(), 250, "{mail}");
+        let rcpt = conn
+            .command("RCPT TO:<user@example.org>", "RCPT")
+            .await
+            .expect("RCPT");
+        conn.quit().await;
+        rcpt.to_string()
+    })
+}
+
+const HELO: &str = "client.example.net";
+
+#[test]
+fn postfix_judges_the_client_names_we_pass_as_it_would_directly() {
+    // 550 for a permanent failure, so that it differs from the 450 Postfix always gives
+    // for a temporary one (postconf(5), reject_unknown_client_hostname).
+    let postfix = Postfix::start_with(
+        "smtpd_client_restrictions = reject_unknown_reverse_client_hostname, reject_unknown_client_hostname\n\
+         unknown_client_reject_code = 550\n",
+    );
+    let verified = ClientNames {
+        reverse_name: Some("mail.example.net".into()),
+        name: Some("mail.example.net".into()),
+        temporary: false,
+    };
+    let r = postfix_rcpt_reply(&postfix, HELO, verified);
+    assert!(r.starts_with("250"), "a verified name passes: {r}");
+    let unverified = ClientNames {
+        reverse_name: Some("ptr.example.net".into()),
+        name: None,
+        temporary: false,
+    };
+    let r = postfix_rcpt_reply(&postfix, HELO, unverified.clone());
+    assert!(
+        r.starts_with("550") && r.contains("cannot find your hostname"),
+        "PTR without forward confirmation: {r}"
+    );
+    let r = postfix_rcpt_reply(&postfix, HELO, ClientNames::default());
+    assert!(
+        r.starts_with("550") && r.contains("cannot find your reverse hostname"),
+        "no PTR: {r}"
+    );
+    let r = postfix_rcpt_reply(
+        &postfix,
+        HELO,
+        ClientNames {
+            temporary: true,
+            ..ClientNames::default()
+        },
+    );
+    assert!(
+        r.starts_with("450") && r.contains("reverse hostname"),
+        "a DNS timeout is temporary: {r}"
+    );
+    let r = postfix_rcpt_reply(
+        &postfix,
+        HELO,
+        ClientNames {
+            temporary: true,
+            ..unverified
+        },
+    );
+    assert!(
+        r.starts_with("450") && r.contains("cannot find your hostname"),
+        "forward confirmation timed out: {r}"
+    );
+    // The longest names and HELO do not fit one 512-byte XCLIENT line: several commands.
+    let long = format!(
+        "{}.{}.{}.{}",
+        "a".repeat(63),
+        "b".repeat(63),
+        "c".repeat(63),
+        "d".repeat(61)
+    );
+    let r = postfix_rcpt_reply(
+        &postfix,
+        &long,
+        ClientNames {
+            reverse_name: Some(long.clone()),
+            name: Some(long.clone()),
+            temporary: false,
+        },
+    );
+    assert!(r.starts_with("250"), "names of 253 characters: {r}");
+    let log = postfix.log();
+    assert!(
+        log.contains(&format!("{long}[192.0.2.7]")),
+        "Postfix took the long name: {log}"
+    );
+    assert!(
+        log.contains("mail.example.net[192.0.2.7]"),
+        "Postfix logs the verified name, not unknown[…]: {log}"
+    );
 }

@@ -13,6 +13,10 @@ pub struct DnsConfig {
     pub nameservers: Vec<String>,
     /// Time allowed for one DNS lookup, in milliseconds.
     pub timeout_ms: u64,
+    /// Look up each client's host name at connect (PTR, then forward confirmation, as
+    /// Postfix does), for XCLIENT `NAME=`/`REVERSE_NAME=`, the Received header and the
+    /// `RDNS_*` rules. `false`: every client is `[UNAVAILABLE]` upstream.
+    pub reverse_lookup: bool,
 }
 
 impl Default for DnsConfig {
@@ -20,6 +24,7 @@ impl Default for DnsConfig {
         DnsConfig {
             nameservers: Vec::new(),
             timeout_ms: 2000,
+            reverse_lookup: true,
         }
     }
 }

@@ -18,6 +18,7 @@ use super::blocklist::ListHit;
 use super::classifier::{self, Classifier};
 use super::message::Message;
 use super::policy::{Decision, Policy};
+use super::rdns::ClientNames;
 use super::rules::{LoadOptions, RuleSet};
 use crate::config::{Action as PolicyAction, AttachmentsConfig, PolicyConfig, RulesConfig};
 
@@ -88,6 +89,9 @@ pub struct ScanContext {
     pub classifier: Option<Arc<Classifier>>,
     /// Keep the classifier's telling features for `scan --explain`.
     pub explain: bool,
+    /// The client's host names from the connect-time lookup (`filter::rdns`); `None` when
+    /// not looked up (no client, loopback or a trusted network): then no `RDNS_*` symbol.
+    pub client_names: Option<ClientNames>,
 }
 
 impl std::fmt::Debug for ScanContext {
@@ -98,6 +102,7 @@ impl std::fmt::Debug for ScanContext {
             .field("from", &self.from)
             .field("recipients", &self.recipients)
             .field("preset", &self.preset)
+            .field("client_names", &self.client_names)
             .field("classifier", &self.classifier.is_some())
             .finish_non_exhaustive()
     }
@@ -218,6 +223,9 @@ impl Engine {
         if !message.problems().is_empty() {
             preset.push(SYMBOL_MIME_MALFORMED);
         }
+        if let Some(name) = ctx.client_names.as_ref().and_then(ClientNames::symbol) {
+            preset.push(name);
+        }
         let found = attachments::analyse(&message, &self.attachments);
         if !found.details.is_empty() {
             tracing::debug!(findings = ?found.details, "attachment policy");
@@ -298,6 +306,41 @@ mod tests {
         assert_eq!(hit.decision.forced_by, vec!["MARK".to_string()]);
         let miss = e.scan(b"Subject: x\r\n\r\nhello\r\n".to_vec(), &ctx, budget);
         assert_eq!(miss.decision.action, PolicyAction::Accept);
+    }
+
+    #[test]
+    fn client_names_set_the_rdns_symbols_only_when_looked_up() {
+        let e =
+            engine("score RDNS_NONE 0.7\ndescribe RDNS_NONE no PTR\nscore RDNS_UNVERIFIED 0.2\n")
+                .expect("load");
+        let budget = Duration::from_secs(5);
+        let raw = b"Subject: x\r\n\r\nhello\r\n";
+        let names = |ctx: &ScanContext| {
+            let scan = e.scan(raw.to_vec(), ctx, budget);
+            (scan.hit_names().join(","), scan.score)
+        };
+        assert_eq!(names(&ScanContext::default()), (String::new(), 0.0));
+        let mut ctx = ScanContext {
+            client_names: Some(ClientNames::default()),
+            ..ScanContext::default()
+        };
+        assert_eq!(names(&ctx), ("RDNS_NONE".to_string(), 0.7));
+        ctx.client_names = Some(ClientNames {
+            reverse_name: Some("ptr.example.test".into()),
+            ..ClientNames::default()
+        });
+        assert_eq!(names(&ctx), ("RDNS_UNVERIFIED".to_string(), 0.2));
+        ctx.client_names = Some(ClientNames {
+            temporary: true,
+            ..ClientNames::default()
+        });
+        assert_eq!(
+            names(&ctx),
+            (String::new(), 0.0),
+            "a DNS failure is not the client's"
+        );
+        ctx.client_names = Some(ClientNames::localhost());
+        assert_eq!(names(&ctx), (String::new(), 0.0));
     }
 
     #[test]

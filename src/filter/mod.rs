@@ -28,6 +28,7 @@ pub mod headers;
 pub mod message;
 pub mod policy;
 pub mod quarantine;
+pub mod rdns;
 pub mod record;
 pub mod reload;
 pub mod rules;
@@ -147,6 +148,25 @@ impl Filter {
         };
         let clamav =
             clamav::Scanner::load(&config.clamav, quarantine.is_some()).map_err(|e| vec![e])?;
+        let mut envelope_checks: Vec<Box<dyn EnvelopeCheck>> = Vec::new();
+        if config.dns.reverse_lookup {
+            let resolver = match &resolver {
+                Some(r) => Some(r.clone()),
+                None => match &auth {
+                    Some(a) => Some(a.resolver().clone()),
+                    None => match auth::build_resolver(&config.dns) {
+                        Ok(a) => Some(a.resolver().clone()),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "client host names are not looked up (set [dns] nameservers, or [dns] reverse_lookup = false to silence this)");
+                            None
+                        }
+                    },
+                },
+            };
+            if let Some(resolver) = resolver {
+                envelope_checks.push(Box::new(rdns::Rdns::new(resolver, timeout)));
+            }
+        }
         Ok(Filter {
             engine: ArcSwap::from_pointee(engine),
             rules_config: config.rules.clone(),
@@ -160,7 +180,7 @@ impl Filter {
             classifier: None,
             hostname: config.server.hostname.clone(),
             scan_slots: Semaphore::new(cpus),
-            envelope_checks: Vec::new(),
+            envelope_checks,
             status: Mutex::new(status),
         })
     }

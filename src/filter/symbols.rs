@@ -1,12 +1,12 @@
 //! The symbols mailwarden's own checks set on a message, in one list. No rule text defines
-//! them (the sender checks, the attachment policy, the virus scanner, the classifier and the
+//! them (the sender checks, the client name lookup, the attachment policy, the virus scanner, the classifier and the
 //! filter itself add them to the scan), so their `score` and `describe` lines in the rule
 //! files stand alone — and `rules check` must not take those lines for typos. Block list
 //! symbols are named in the config instead ([`from_config`]).
 
 use crate::config::Config;
 
-use super::{attachments, clamav, classifier, engine};
+use super::{attachments, clamav, classifier, engine, rdns};
 
 /// The sender authentication results (`filter::auth`): `SPF_<result>`, `SPF_HELO_<result>`,
 /// DKIM, ARC and DMARC.
@@ -42,7 +42,8 @@ pub const AUTH: [&str; 29] = [
     "DMARC_PERMERROR",
 ];
 
-/// The rest of the fixed ones: the filter's own, the virus scanner's.
+/// The rest of the fixed ones: the filter's own, the virus scanner's (the client name
+/// lookup's are in `rdns::SYMBOLS`).
 const OTHERS: [&str; 7] = [
     engine::SYMBOL_MIME_MALFORMED,
     engine::SYMBOL_SCAN_TIMEOUT,
@@ -58,6 +59,7 @@ const OTHERS: [&str; 7] = [
 pub fn builtin() -> impl Iterator<Item = &'static str> {
     AUTH.iter()
         .chain(&OTHERS)
+        .chain(&rdns::SYMBOLS)
         .chain(attachments::SYMBOLS)
         .chain(&classifier::SYMBOLS)
         .copied()

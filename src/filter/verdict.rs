@@ -22,6 +22,7 @@ use super::engine::{SYMBOL_ALLOWLIST, Scan, ScanContext, Symbol};
 use super::header_ops::{self, HeaderOp};
 use super::headers::{self, HeaderEdits, SPAM_HEADERS};
 use super::message::Message;
+use super::rdns::ClientNames;
 use super::record::{self, Findings, Timings};
 use super::{Filter, clamav, uribl};
 use crate::config::Action as PolicyAction;
@@ -37,10 +38,9 @@ pub struct Input {
     /// without a sender either, no sender authentication).
     pub ip: Option<IpAddr>,
     pub helo: Option<String>,
-    /// The client's forward-confirmed host name (FCrDNS), when known.
-    pub client_name: Option<String>,
-    /// The client's PTR name, confirmed or not, when known.
-    pub client_reverse_name: Option<String>,
+    /// The client's host names as the connect stage found them (`None`: not looked up, as
+    /// for `scan`).
+    pub client_names: Option<ClientNames>,
     /// The envelope sender (`""`: the null sender).
     pub from: String,
     pub recipients: Vec<String>,
@@ -55,8 +55,7 @@ impl Input {
             id: envelope.id.clone(),
             ip: Some(envelope.client.addr.ip()),
             helo: envelope.client.helo.clone(),
-            client_name: envelope.client.name.clone(),
-            client_reverse_name: envelope.client.reverse_name.clone(),
+            client_names: Some(envelope.client.names()),
             from: envelope.mail_from.address.clone(),
             recipients: envelope
                 .recipients
@@ -278,6 +277,13 @@ impl Filter {
         if let Some(a) = &checks.auth {
             ctx.preset = a.symbols.clone();
         }
+        // A trusted relay's names say nothing about the sender.
+        let trusted = self
+            .auth
+            .as_ref()
+            .zip(input.ip)
+            .is_some_and(|(a, ip)| a.is_trusted(ip));
+        ctx.client_names = input.client_names.clone().filter(|_| !trusted);
         ctx.add_list_hits(&checks.dnsbl);
         ctx.add_list_hits(&checks.uribl);
         if let Some(name) = checks.av.as_ref().and_then(|(o, _)| o.symbol()) {

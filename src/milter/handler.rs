@@ -59,6 +59,8 @@ fn client_info(conn: &Connection) -> ClientInfo {
         tls: conn.tls_version.clone(),
         name: known(m.get("client_name")).or_else(|| known(Some(&conn.hostname))),
         reverse_name: known(m.get("client_ptr")),
+        // Postfix: OK, FAIL, FORGED or TEMP (a temporary DNS failure).
+        names_temporary: m.get("client_resolve") == Some("TEMP"),
     }
 }
 

@@ -256,7 +256,7 @@ pub const WANTED_PROTOCOL: u32 = SMFIP_NOUNKNOWN
 pub const MACRO_LISTS: [(u32, &str); 5] = [
     (
         SMFIM_CONNECT,
-        "{client_addr} {client_name} {client_ptr} {daemon_name} j _",
+        "{client_addr} {client_name} {client_ptr} {client_resolve} {daemon_name} j _",
     ),
     (SMFIM_HELO, "{tls_version} {cipher}"),
     (SMFIM_ENVFROM, "{auth_authen} {mail_addr} i"),
@@ -877,7 +877,7 @@ mod tests {
         assert_eq!(lists, expected);
         assert_eq!(
             lists[0].1,
-            "{client_addr} {client_name} {client_ptr} {daemon_name} j _"
+            "{client_addr} {client_name} {client_ptr} {client_resolve} {daemon_name} j _"
         );
     }
 

@@ -339,7 +339,11 @@ impl Session {
         self.reset("xclient").await;
         update.apply(&mut self.client);
         tracing::debug!(proxy = %proxy, client = %self.client.addr, helo = ?self.client.helo, "XCLIENT");
-        let greeting = reply::greeting(self.hostname());
+        // A new client: its connect stage (host names) runs again.
+        let greeting = match self.services.filter.at_connect(&mut self.client).await {
+            StageResult::Reject(r) | StageResult::TempFail(r) => r,
+            StageResult::Continue | StageResult::Discard => reply::greeting(self.hostname()),
+        };
         self.conn.reply(&greeting);
     }
 
@@ -405,6 +409,12 @@ impl Session {
         let mut client = self.client.clone();
         if let Some(forwarded) = &self.forwarded {
             forwarded.apply(&mut client);
+            // The client a trusted proxy named: its host names, as at connect.
+            if let StageResult::Reject(r) | StageResult::TempFail(r) =
+                self.services.filter.at_connect(&mut client).await
+            {
+                return self.error(&r);
+            }
         }
         let mut txn = Transaction {
             id: new_queue_id(),

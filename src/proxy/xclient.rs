@@ -12,8 +12,9 @@
 //!
 //! Attribute values are xtext (RFC 3461 §4). `[UNAVAILABLE]` and `[TEMPUNAVAIL]` leave the
 //! attribute as it was. NAME, LOGIN, DESTADDR and DESTPORT are accepted (a Postfix-speaking
-//! proxy sends them) and, except DESTADDR/DESTPORT, not used: mailwarden does no reverse DNS
-//! or SMTP AUTH of its own.
+//! proxy sends them) and, except DESTADDR/DESTPORT, not used: mailwarden does no SMTP AUTH,
+//! and looks the client's names up itself (`filter::rdns`); a new ADDR drops the names looked
+//! up for the old one.
 
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 
@@ -58,6 +59,10 @@ impl Update {
     /// Applies the update to the session's client.
     pub fn apply(&self, client: &mut ClientInfo) {
         if let Some(ip) = self.addr {
+            // The names looked up for the proxy's own address are not the client's.
+            if ip != client.addr.ip() {
+                client.clear_names();
+            }
             client.addr = SocketAddr::new(ip, client.addr.port());
         }
         if let Some(port) = self.port {
@@ -202,6 +207,7 @@ mod tests {
             tls: None,
             name: None,
             reverse_name: None,
+            names_temporary: false,
         }
     }
 
@@ -215,6 +221,16 @@ mod tests {
         assert_eq!(c.helo.as_deref(), Some("a+b.example"));
         assert!(!c.esmtp);
         assert_eq!(c.local, "10.0.0.1:25".parse().expect("addr"), "unchanged");
+    }
+
+    #[test]
+    fn a_new_address_drops_the_names_of_the_old_one() {
+        let mut c = client();
+        c.set_names(crate::filter::rdns::ClientNames::localhost());
+        parse("PORT=4711").expect("valid").apply(&mut c);
+        assert_eq!(c.name.as_deref(), Some("localhost"), "same address: kept");
+        parse("ADDR=192.0.2.7").expect("valid").apply(&mut c);
+        assert_eq!((c.name, c.reverse_name), (None, None));
     }
 
     #[test]

@@ -1,8 +1,13 @@
 //! The `Received:` header mailwarden adds for its own hop (RFC 5321 §4.4, RFC 5322 §3.6.7).
 //!
+//! The from clause is `from <HELO> (<TCP-info>)`, where TCP-info is the verified (FCrDNS)
+//! client name and the address literal, or the literal alone when no name is verified
+//! (RFC 5321 §4.4: `TCP-info = address-literal / ( Domain FWS address-literal )`) — the form
+//! Postfix writes, e.g. `from mx.example (mail.example.net [192.0.2.7])`.
+//!
 //! Every value in it comes from the session after validation (HELO is one printable word,
-//! addresses cannot hold CR, LF, spaces or angle brackets), so nothing a client sends can
-//! split or inject a header here.
+//! addresses cannot hold CR, LF, spaces or angle brackets, names are checked host names), so
+//! nothing a client sends can split or inject a header here.
 
 use crate::envelope::Envelope;
 
@@ -10,9 +15,12 @@ use crate::envelope::Envelope;
 pub fn received_header(envelope: &Envelope, hostname: &str, date: &str) -> String {
     let client = &envelope.client;
     let helo = client.helo.as_deref().unwrap_or("unknown");
+    let tcp_info = match &client.name {
+        Some(name) => format!("{name} {}", client.address_literal()),
+        None => client.address_literal(),
+    };
     let mut header = format!(
-        "Received: from {helo} ({})\r\n\tby {hostname} (mailwarden) with {} id {}",
-        client.address_literal(),
+        "Received: from {helo} ({tcp_info})\r\n\tby {hostname} (mailwarden) with {} id {}",
         client.protocol(envelope.mail_from.params.smtputf8),
         envelope.id,
     );
@@ -52,6 +60,24 @@ mod tests {
         assert_eq!(
             h,
             "Received: from client.example ([192.0.2.7])\r\n\tby mx.example.test (mailwarden) with ESMTP id 4A1B2C3D4E5F\r\n\tfor <u@example.org>; Thu, 26 Nov 2026 11:00:00 +0000"
+        );
+    }
+
+    #[test]
+    fn a_verified_name_goes_before_the_address_an_unverified_one_nowhere() {
+        let mut e = envelope(&["u@example.org"]);
+        e.client.name = Some("mail.example.net".into());
+        e.client.reverse_name = Some("mail.example.net".into());
+        let h = received_header(&e, "mx", "D");
+        assert!(
+            h.starts_with("Received: from client.example (mail.example.net [192.0.2.7])\r\n"),
+            "{h}"
+        );
+        e.client.name = None;
+        let h = received_header(&e, "mx", "D");
+        assert!(
+            h.starts_with("Received: from client.example ([192.0.2.7])\r\n"),
+            "{h}"
         );
     }
 

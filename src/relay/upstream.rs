@@ -16,6 +16,7 @@ use tokio::net::TcpStream;
 
 use crate::config::Xclient;
 use crate::envelope::ClientInfo;
+use crate::filter::rdns::UNAVAILABLE;
 use crate::smtp::connection::Io;
 use crate::smtp::data::dot_stuff;
 use crate::smtp::reply::Reply;
@@ -129,8 +130,9 @@ pub struct UpstreamConnection {
     settings: Arc<UpstreamSettings>,
     /// Whether XFORWARD must be sent before each MAIL.
     use_xforward: bool,
-    /// The client the upstream was told about with XCLIENT (address, HELO), if any.
-    xclient_for: Option<(std::net::SocketAddr, Option<String>)>,
+    /// The XCLIENT attributes the upstream offered and was told (address, names, HELO …),
+    /// if any. The offer is kept: after XCLIENT, Postfix no longer offers it to us.
+    xclient_for: Option<(Vec<String>, Vec<String>)>,
 }
 
 /// Longest reply line and most lines we accept from the upstream.
@@ -215,10 +217,13 @@ impl UpstreamConnection {
     /// allowed outside a transaction and restarts the upstream session (Postfix XCLIENT_README).
     pub async fn introduce_if_needed(&mut self, client: &ClientInfo) -> Result<(), UpstreamError> {
         match &self.xclient_for {
-            Some((addr, helo)) if *addr != client.addr || *helo != client.helo => {
-                self.introduce(client).await
+            Some((offered, told)) => {
+                if *told != client_attributes(client, offered, Verb::Xclient) {
+                    return self.introduce(client).await;
+                }
+                Ok(())
             }
-            _ => Ok(()),
+            None => Ok(()),
         }
     }
 
@@ -226,10 +231,10 @@ impl UpstreamConnection {
     async fn introduce(&mut self, client: &ClientInfo) -> Result<(), UpstreamError> {
         let want_xclient = self.settings.xclient != Xclient::Never;
         self.xclient_for = None;
-        match (&self.caps.xclient, want_xclient) {
-            (Some(attrs), true) => {
-                let line = format!("XCLIENT {}", client_attributes(client, attrs));
-                let reply = self.command(&line, "XCLIENT").await?;
+        match (self.caps.xclient.clone(), want_xclient) {
+            (Some(offered), true) => {
+                let attrs = client_attributes(client, &offered, Verb::Xclient);
+                let reply = self.send_attributes(Verb::Xclient, &attrs).await?;
                 // Postfix answers 220 (a new greeting), smtp-sink 250; either way the session
                 // restarts and wants a new EHLO.
                 // The EHLO after XCLIENT speaks for the client: Postfix takes the HELO name
@@ -241,7 +246,7 @@ impl UpstreamConnection {
                         .unwrap_or(&self.settings.helo_name)
                         .to_string();
                     self.ehlo_as(&helo).await?;
-                    self.xclient_for = Some((client.addr, client.helo.clone()));
+                    self.xclient_for = Some((offered, attrs));
                     return Ok(());
                 }
                 if self.settings.xclient == Xclient::Always {
@@ -262,14 +267,34 @@ impl UpstreamConnection {
     /// Starts a transaction: XFORWARD if used, then MAIL. Returns the upstream's MAIL reply.
     pub async fn mail(&mut self, client: &ClientInfo, line: &str) -> Result<Reply, UpstreamError> {
         if self.use_xforward {
-            let attrs = self.caps.xforward.clone().unwrap_or_default();
-            let xf = format!("XFORWARD {}", client_attributes(client, &attrs));
-            let reply = self.command(&xf, "XFORWARD").await?;
+            let offered = self.caps.xforward.clone().unwrap_or_default();
+            let attrs = client_attributes(client, &offered, Verb::Xforward);
+            let reply = self.send_attributes(Verb::Xforward, &attrs).await?;
             if !reply.is_positive() {
                 tracing::warn!(reply = %reply, "upstream refused XFORWARD");
             }
         }
         self.command(line, "MAIL").await
+    }
+
+    /// Sends XCLIENT or XFORWARD with `attrs`, in as many commands as the line length needs;
+    /// the first refusal, or the last reply.
+    async fn send_attributes(
+        &mut self,
+        verb: Verb,
+        attrs: &[String],
+    ) -> Result<Reply, UpstreamError> {
+        let mut last = None;
+        for line in command_lines(verb, attrs) {
+            let reply = self.command(&line, verb.as_str()).await?;
+            if !reply.is_positive() {
+                return Ok(reply);
+            }
+            last = Some(reply);
+        }
+        last.ok_or_else(|| {
+            UpstreamError::Protocol(format!("no {} attributes to send", verb.as_str()))
+        })
     }
 
     /// Sends one command and reads its reply.
@@ -421,9 +446,32 @@ fn parse_reply_line(line: &[u8]) -> Option<(u16, bool, String)> {
     Some((code, last, text))
 }
 
+/// Which of the two commands the attributes are for: XFORWARD has no `REVERSE_NAME` and no
+/// `[TEMPUNAVAIL]` (Postfix XFORWARD_README; its smtpd refuses an unknown NAME value).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Verb {
+    Xclient,
+    Xforward,
+}
+
+impl Verb {
+    fn as_str(self) -> &'static str {
+        match self {
+            Verb::Xclient => "XCLIENT",
+            Verb::Xforward => "XFORWARD",
+        }
+    }
+}
+
+/// Longest command line, CRLF included (RFC 5321 §4.5.3.1.4; XCLIENT_README Note 1).
+const MAX_COMMAND_LINE: usize = 512;
+
 /// XCLIENT/XFORWARD attributes for the real client, limited to what the upstream accepts.
-/// Values are xtext-encoded (Postfix XCLIENT_README).
-fn client_attributes(client: &ClientInfo, offered: &[String]) -> String {
+/// Values are xtext-encoded (Postfix XCLIENT_README). `NAME=` is the verified (FCrDNS) name,
+/// `REVERSE_NAME=` the PTR name; unknown ones are `[UNAVAILABLE]`, or `[TEMPUNAVAIL]` after a
+/// temporary lookup failure, so that Postfix's `reject_unknown_client_hostname` answers as it
+/// would to the client directly.
+fn client_attributes(client: &ClientInfo, offered: &[String], verb: Verb) -> Vec<String> {
     let addr = match client.addr.ip() {
         std::net::IpAddr::V4(ip) => ip.to_string(),
         std::net::IpAddr::V6(ip) => match ip.to_ipv4_mapped() {
@@ -431,22 +479,64 @@ fn client_attributes(client: &ClientInfo, offered: &[String]) -> String {
             None => format!("IPV6:{ip}"),
         },
     };
+    let names = client.names();
     let proto = if client.esmtp { "ESMTP" } else { "SMTP" };
-    let mut attrs: Vec<(&str, String)> = vec![
-        ("NAME", "[UNAVAILABLE]".to_string()),
-        ("ADDR", addr),
-        ("PORT", client.addr.port().to_string()),
-        ("PROTO", proto.to_string()),
-    ];
+    let mut attrs: Vec<(&str, String)> = Vec::with_capacity(6);
+    match verb {
+        Verb::Xclient => {
+            attrs.push(("NAME", names.xclient_name().to_string()));
+            attrs.push(("REVERSE_NAME", names.xclient_reverse_name().to_string()));
+        }
+        Verb::Xforward => attrs.push((
+            "NAME",
+            names
+                .name
+                .clone()
+                .unwrap_or_else(|| UNAVAILABLE.to_string()),
+        )),
+    }
+    attrs.push(("ADDR", addr));
+    attrs.push(("PORT", client.addr.port().to_string()));
+    attrs.push(("PROTO", proto.to_string()));
     if let Some(helo) = &client.helo {
         attrs.push(("HELO", helo.clone()));
     }
     attrs
         .into_iter()
-        .filter(|(name, _)| offered.is_empty() || offered.iter().any(|o| o == name))
+        // Without a list, all but REVERSE_NAME (newer, and not an XFORWARD attribute).
+        .filter(|(name, _)| match offered.is_empty() {
+            true => *name != "REVERSE_NAME",
+            false => offered.iter().any(|o| o == name),
+        })
         .map(|(name, value)| format!("{name}={}", xtext(&value)))
-        .collect::<Vec<_>>()
-        .join(" ")
+        .collect()
+}
+
+/// The command lines that carry `attrs`: one when it fits in 512 bytes, else several, with
+/// `NAME` and `ADDR` in the last one (XCLIENT_README Note 1: once ADDR is sent, the client may
+/// no longer be authorized; names and a HELO of 255 characters each do not fit one line).
+fn command_lines(verb: Verb, attrs: &[String]) -> Vec<String> {
+    let fits = |line: &str, attr: &str| line.len() + 1 + attr.len() + 2 <= MAX_COMMAND_LINE;
+    let (last, first): (Vec<&String>, Vec<&String>) = attrs
+        .iter()
+        .partition(|a| a.starts_with("NAME=") || a.starts_with("ADDR="));
+    let mut lines: Vec<String> = Vec::new();
+    let mut line = verb.as_str().to_string();
+    for attr in first.into_iter().chain(last) {
+        if line.len() > verb.as_str().len() && !fits(&line, attr) {
+            lines.push(std::mem::replace(&mut line, verb.as_str().to_string()));
+        }
+        line.push(' ');
+        line.push_str(attr);
+    }
+    if line.len() > verb.as_str().len() {
+        lines.push(line);
+    }
+    // In the usual case (everything fits one line) keep the attributes in their own order.
+    if lines.len() == 1 {
+        return vec![format!("{} {}", verb.as_str(), attrs.join(" "))];
+    }
+    lines
 }
 
 /// xtext encoding (RFC 3461 §4): `+XX` for '+', '=', and anything outside 33..=126.
@@ -507,24 +597,134 @@ mod tests {
         assert!(caps.xforward.is_none());
     }
 
-    #[test]
-    fn xclient_attributes_are_xtext_and_filtered() {
-        let client = ClientInfo {
+    fn client(helo: &str) -> ClientInfo {
+        ClientInfo {
             addr: "192.0.2.7:4000".parse().expect("addr"),
             local: "127.0.0.1:25".parse().expect("addr"),
-            helo: Some("a+b=c".into()),
+            helo: Some(helo.into()),
             esmtp: true,
             tls: None,
             name: None,
             reverse_name: None,
-        };
+            names_temporary: false,
+        }
+    }
+
+    /// Postfix 3.7's EHLO keyword line, parsed as `Capabilities` does.
+    fn postfix_offer() -> Vec<String> {
+        "NAME ADDR PROTO HELO REVERSE_NAME PORT LOGIN"
+            .split(' ')
+            .map(str::to_string)
+            .collect()
+    }
+
+    #[test]
+    fn xclient_attributes_are_xtext_and_filtered() {
+        let client = client("a+b=c");
         let offered: Vec<String> = ["ADDR", "HELO", "NAME"]
             .iter()
             .map(|s| s.to_string())
             .collect();
         assert_eq!(
-            client_attributes(&client, &offered),
-            "NAME=[UNAVAILABLE] ADDR=192.0.2.7 HELO=a+2Bb+3Dc"
+            command_lines(
+                Verb::Xclient,
+                &client_attributes(&client, &offered, Verb::Xclient)
+            ),
+            ["XCLIENT NAME=[UNAVAILABLE] ADDR=192.0.2.7 HELO=a+2Bb+3Dc"]
         );
+    }
+
+    #[test]
+    fn xclient_names_verified_unverified_and_temporary() {
+        let mut c = client("mx.example.test");
+        c.name = Some("mx.example.test".into());
+        c.reverse_name = Some("mx.example.test".into());
+        assert_eq!(
+            command_lines(
+                Verb::Xclient,
+                &client_attributes(&c, &postfix_offer(), Verb::Xclient)
+            ),
+            [
+                "XCLIENT NAME=mx.example.test REVERSE_NAME=mx.example.test ADDR=192.0.2.7 PORT=4000 PROTO=ESMTP HELO=mx.example.test"
+            ]
+        );
+        c.name = None;
+        let attrs = client_attributes(&c, &postfix_offer(), Verb::Xclient);
+        assert_eq!(
+            attrs[..2],
+            ["NAME=[UNAVAILABLE]", "REVERSE_NAME=mx.example.test"]
+        );
+        c.names_temporary = true;
+        let attrs = client_attributes(&c, &postfix_offer(), Verb::Xclient);
+        assert_eq!(
+            attrs[..2],
+            ["NAME=[TEMPUNAVAIL]", "REVERSE_NAME=mx.example.test"]
+        );
+        c.reverse_name = None;
+        let attrs = client_attributes(&c, &postfix_offer(), Verb::Xclient);
+        assert_eq!(
+            attrs[..2],
+            ["NAME=[TEMPUNAVAIL]", "REVERSE_NAME=[TEMPUNAVAIL]"]
+        );
+    }
+
+    #[test]
+    fn xforward_sends_the_verified_name_or_unavailable_only() {
+        let offered: Vec<String> = "NAME ADDR PROTO HELO SOURCE PORT IDENT"
+            .split(' ')
+            .map(str::to_string)
+            .collect();
+        let mut c = client("h.example");
+        c.reverse_name = Some("ptr.example.test".into());
+        c.names_temporary = true;
+        assert_eq!(
+            client_attributes(&c, &offered, Verb::Xforward).join(" "),
+            "NAME=[UNAVAILABLE] ADDR=192.0.2.7 PORT=4000 PROTO=ESMTP HELO=h.example"
+        );
+        c.name = Some("ptr.example.test".into());
+        assert_eq!(
+            client_attributes(&c, &offered, Verb::Xforward)[0],
+            "NAME=ptr.example.test"
+        );
+        // An upstream that lists no attributes gets no REVERSE_NAME.
+        assert!(
+            !client_attributes(&c, &[], Verb::Xclient)
+                .iter()
+                .any(|a| a.starts_with("REVERSE_NAME="))
+        );
+    }
+
+    #[test]
+    fn long_attributes_are_split_with_name_and_addr_last() {
+        // The longest host name there is (RFC 1035 §2.3.4), as NAME, REVERSE_NAME and HELO.
+        let name = format!(
+            "{}.{}.{}.{}",
+            "a".repeat(63),
+            "b".repeat(63),
+            "c".repeat(63),
+            "d".repeat(61)
+        );
+        assert_eq!(name.len(), 253);
+        let mut c = client(&name);
+        c.name = Some(name.clone());
+        c.reverse_name = Some(name.clone());
+        let lines = command_lines(
+            Verb::Xclient,
+            &client_attributes(&c, &postfix_offer(), Verb::Xclient),
+        );
+        assert!(lines.len() > 1, "{lines:?}");
+        for line in &lines {
+            assert!(
+                line.starts_with("XCLIENT ") && line.len() + 2 <= MAX_COMMAND_LINE,
+                "{line}"
+            );
+        }
+        let last = lines.last().map(String::as_str).unwrap_or_default();
+        assert!(
+            last.contains(&format!("NAME={name} ")) && last.contains("ADDR=192.0.2.7"),
+            "{lines:?}"
+        );
+        let all: Vec<&str> = lines.iter().flat_map(|l| l.split(' ').skip(1)).collect();
+        assert_eq!(all.len(), 6, "every attribute once: {all:?}");
     }
 }

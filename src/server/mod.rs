@@ -501,6 +501,7 @@ async fn run_session(
         tls: None,
         name: None,
         reverse_name: None,
+        names_temporary: false,
     };
     tracing::debug!(client = %addr, "connect");
     Session::new(Box::new(stream), client, services, shutdown)

@@ -23,16 +23,16 @@
 #![allow(dead_code, unused_imports)]
 
 pub mod clamd;
-pub mod dns;
 pub mod client;
+pub mod dns;
 pub mod fake_upstream;
 pub mod messages;
 pub mod postfix;
 pub mod proxy;
 
 pub use clamd::{Clamd, SilentClamd};
-pub use dns::Dns;
 pub use client::{Reply, SmtpClient};
+pub use dns::Dns;
 pub use fake_upstream::{Action, FakeUpstream, ReceivedMessage, Script};
 pub use postfix::Postfix;
 pub use proxy::Proxy;
