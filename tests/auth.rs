@@ -96,6 +96,7 @@ fn authenticator(ns: SocketAddr, timeout_ms: u64) -> Authenticator {
     let dns = DnsConfig {
         nameservers: vec![ns.to_string()],
         timeout_ms,
+        ..DnsConfig::default()
     };
     Authenticator::new(&dns, &AuthConfig::default(), "mx.example.test").expect("authenticator")
 }
@@ -466,6 +467,7 @@ fn dnsbl(ns: SocketAddr, timeout_ms: u64, trusted: Vec<ipnet::IpNet>) -> Dnsbl {
     let dns = DnsConfig {
         nameservers: vec![ns.to_string()],
         timeout_ms,
+        ..DnsConfig::default()
     };
     let resolver = build_resolver(&dns).expect("resolver");
     let lists = [
@@ -806,6 +808,7 @@ fn uribl_checker(ns: SocketAddr, timeout_ms: u64) -> Uribl {
     let dns = DnsConfig {
         nameservers: vec![ns.to_string()],
         timeout_ms,
+        ..DnsConfig::default()
     };
     let resolver = build_resolver(&dns).expect("resolver");
     Uribl::new(

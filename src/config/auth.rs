@@ -107,6 +107,7 @@ mod tests {
         let dns = DnsConfig {
             nameservers: vec!["127.0.0.1:5353".into(), "::1".into(), "[::1]:53".into()],
             timeout_ms: 1,
+            ..DnsConfig::default()
         };
         let addrs = dns.nameserver_addrs().expect("valid");
         assert_eq!(
@@ -118,6 +119,7 @@ mod tests {
         let bad = DnsConfig {
             nameservers: vec!["dns.example:53".into()],
             timeout_ms: 1,
+            ..DnsConfig::default()
         };
         assert!(bad.nameserver_addrs().is_err());
     }

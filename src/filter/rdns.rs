@@ -387,6 +387,7 @@ host-record=v6.example.test,2001:db8::7
         let dns = DnsConfig {
             nameservers: vec![ns.to_string()],
             timeout_ms,
+            ..DnsConfig::default()
         };
         let auth = crate::filter::auth::build_resolver(&dns).expect("resolver");
         Rdns::new(
