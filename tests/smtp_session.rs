@@ -609,7 +609,7 @@ async fn helo_works() {
     assert_eq!((r.code, r.enhanced()), (250, Some("2.0.0")), "{r:?}");
     let received = proxy.only_delivered().received();
     assert!(
-        received.starts_with("Received: from old.example ([127.0.0.1])\n"),
+        received.starts_with("Received: from old.example (localhost [127.0.0.1])\n"),
         "{received}"
     );
     assert!(received.contains(" with SMTP id "), "{received}");
@@ -704,7 +704,7 @@ async fn data_delivery_is_intact() {
     let received = d.received();
     assert!(
         received.starts_with(&format!(
-            "Received: from client.example ([127.0.0.1])\n\tby {HOSTNAME} (mailwarden) with ESMTP id "
+            "Received: from client.example (localhost [127.0.0.1])\n\tby {HOSTNAME} (mailwarden) with ESMTP id "
         )),
         "{received}"
     );

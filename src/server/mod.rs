@@ -360,7 +360,13 @@ async fn start_milters(
         let listener = crate::milter::bind(address).await.with_context(|| {
             format!("milter.listen: cannot listen on {address} (another milter on that port, or a directory Postfix cannot reach? choose another address in milter.listen)")
         })?;
-        tracing::info!(address = %address, "milter listening (Postfix: smtpd_milters = {})", postfix_name(address, &listener));
+        let shown = postfix_name(address, &listener);
+        tracing::info!(
+            "milter listening on {} (Postfix: smtpd_milters = {shown})",
+            shown
+                .trim_start_matches("inet:")
+                .trim_start_matches("unix:")
+        );
         let settings = crate::milter::Settings {
             progress_interval: config.milter.progress_interval(),
             max_message_size: config.server.max_message_size,
