@@ -3,7 +3,8 @@
 #
 # Targets (fuzz/fuzz_targets/, checks in src/fuzzing.rs): command (the SMTP command parser),
 # data_decoder (DATA/BDAT decoding against a reference decoder), rules_parse (.cf rule files),
-# message_scan (Message::parse + Engine::scan with the shipped rules/).
+# message_scan (Message::parse + Engine::scan with the shipped rules/), milter_stream (an MTA's
+# milter packets through the real milter session).
 #
 # Usage: scripts/fuzz.sh [SECONDS]      seconds per target, default 60 (or FUZZ_SECONDS); 0 skips
 # Environment:
@@ -35,7 +36,7 @@ if [ "$seconds" = 0 ]; then
     echo "==> fuzzing skipped (0 seconds)"
     exit 0
 fi
-read -r -a targets <<<"${FUZZ_TARGETS:-command data_decoder rules_parse message_scan}"
+read -r -a targets <<<"${FUZZ_TARGETS:-command data_decoder rules_parse message_scan milter_stream}"
 sanitizer="${FUZZ_SANITIZER:-none}"
 cargo_fuzz_version=0.13.2
 

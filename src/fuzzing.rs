@@ -18,7 +18,13 @@ use crate::smtp::command::{self, Command};
 use crate::smtp::data::{DataDecoder, Problem, dot_stuff};
 
 /// The fuzz targets, by name (the directory names under `fuzz/regressions/`).
-pub const TARGETS: [&str; 4] = ["command", "data_decoder", "rules_parse", "message_scan"];
+pub const TARGETS: [&str; 5] = [
+    "command",
+    "data_decoder",
+    "rules_parse",
+    "message_scan",
+    "milter_stream",
+];
 
 /// Runs the check of the target called `name`; false for an unknown name.
 pub fn check(name: &str, data: &[u8]) -> bool {
@@ -27,6 +33,7 @@ pub fn check(name: &str, data: &[u8]) -> bool {
         "data_decoder" => check_data_decoder(data),
         "rules_parse" => check_rules_parse(data),
         "message_scan" => check_message_scan(data),
+        "milter_stream" => check_milter_stream(data),
         _ => return false,
     }
     true
@@ -372,4 +379,91 @@ pub fn check_message_scan(data: &[u8]) {
     };
     let scan = engine.scan(data.to_vec(), &ctx, Duration::from_secs(5));
     assert!(scan.score.is_finite(), "score {}", scan.score);
+}
+
+// ---------------------------------------------------------------------------------------------
+// milter_stream
+
+/// A handler that lets everything through and asks for one header change, so the session
+/// walks every stage and writes modifications.
+struct AcceptAll;
+
+impl crate::milter::Handler for AcceptAll {
+    async fn connect(&self, _: &crate::milter::Connection) -> crate::milter::Decision {
+        crate::milter::Decision::Continue
+    }
+    async fn helo(&self, _: &crate::milter::Connection) -> crate::milter::Decision {
+        crate::milter::Decision::Continue
+    }
+    async fn mail(
+        &self,
+        _: &crate::milter::Connection,
+        _: &crate::milter::Transaction,
+    ) -> crate::milter::Decision {
+        crate::milter::Decision::Continue
+    }
+    async fn rcpt(
+        &self,
+        _: &crate::milter::Connection,
+        _: &crate::milter::Transaction,
+        _: &str,
+    ) -> crate::milter::Decision {
+        crate::milter::Decision::Continue
+    }
+    async fn end_of_message(
+        &self,
+        _: &crate::milter::Connection,
+        _: &crate::milter::Transaction,
+        message: Vec<u8>,
+    ) -> crate::milter::EndOfMessage {
+        let mut answer = crate::milter::EndOfMessage::new(crate::milter::Decision::Accept);
+        answer
+            .modifications
+            .push(crate::milter::Modification::InsertHeader {
+                index: 0,
+                name: "X-Spam-Flag".into(),
+                value: format!("NO {}", message.len()),
+            });
+        answer
+    }
+    fn abort(&self, _: &crate::milter::Connection, _: &crate::milter::Transaction) {}
+    fn close(&self, _: &crate::milter::Connection) {}
+}
+
+/// The input as what an MTA sends on a milter connection, through the real session with a
+/// handler that accepts everything. It must not panic and must end (the stream ends with the
+/// input) within a few seconds whatever the bytes.
+pub fn check_milter_stream(data: &[u8]) {
+    thread_local! {
+        static RUNTIME: tokio::runtime::Runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap_or_else(|e| panic!("tokio runtime: {e}"));
+    }
+    RUNTIME.with(|rt| {
+        rt.block_on(async {
+            use tokio::io::AsyncWriteExt;
+            let (mut mta, ours) = tokio::io::duplex(1 << 20);
+            let settings = crate::milter::Settings {
+                progress_interval: Duration::from_secs(60),
+                max_message_size: 1 << 20,
+                stop_grace: Duration::from_secs(1),
+            };
+            let session = crate::milter::serve_connection(ours, &AcceptAll, &settings);
+            let feed = async {
+                let _ = mta.write_all(data).await;
+                let _ = mta.shutdown().await;
+                // Read (and drop) our replies so the session never blocks on a full pipe.
+                let mut sink = Vec::new();
+                let _ = tokio::io::AsyncReadExt::read_to_end(&mut mta, &mut sink).await;
+            };
+            let run = async { tokio::join!(session, feed) };
+            if tokio::time::timeout(Duration::from_secs(5), run)
+                .await
+                .is_err()
+            {
+                panic!("the milter session did not end within 5 s of the end of its input");
+            }
+        });
+    });
 }
