@@ -4,7 +4,6 @@
 
 use std::net::SocketAddr;
 
-use crate::filter::rdns::ClientNames;
 use crate::smtp::command::{MailFrom, RcptTo};
 
 /// The connected client, as the session knows it.
@@ -118,5 +117,55 @@ impl Envelope {
                 })
                 .collect(),
         }
+    }
+}
+
+/// The names of a client as the connect stage looked them up (`filter::rdns`): what the
+/// relay passes on with XCLIENT and the rules read.
+
+/// XCLIENT/XFORWARD value for a permanently unknown name (Postfix XCLIENT_README).
+pub const UNAVAILABLE: &str = "[UNAVAILABLE]";
+/// XCLIENT value for a name unknown because of a temporary lookup failure.
+pub const TEMPUNAVAIL: &str = "[TEMPUNAVAIL]";
+
+/// What the lookup found for one client address.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClientNames {
+    /// The first valid PTR name, not verified (Postfix's `reverse_client_name`).
+    pub reverse_name: Option<String>,
+    /// A PTR name whose A/AAAA records contain the address: FCrDNS (Postfix's `client_name`).
+    pub name: Option<String>,
+    /// `name` (or `reverse_name`) is missing because of a timeout or server failure, not
+    /// because DNS said so: the client is "unknown" for now, not for good.
+    pub temporary: bool,
+}
+
+impl ClientNames {
+    /// The names of a loopback client.
+    pub fn localhost() -> ClientNames {
+        ClientNames {
+            reverse_name: Some("localhost".into()),
+            name: Some("localhost".into()),
+            temporary: false,
+        }
+    }
+
+    /// The XCLIENT `NAME=` value (before xtext): the verified name, `[TEMPUNAVAIL]` after a
+    /// temporary failure, else `[UNAVAILABLE]`.
+    pub fn xclient_name(&self) -> &str {
+        unknown_or(self.name.as_deref(), self.temporary)
+    }
+
+    /// The XCLIENT `REVERSE_NAME=` value (before xtext), by the same rule for the PTR name.
+    pub fn xclient_reverse_name(&self) -> &str {
+        unknown_or(self.reverse_name.as_deref(), self.temporary)
+    }
+}
+
+fn unknown_or(name: Option<&str>, temporary: bool) -> &str {
+    match (name, temporary) {
+        (Some(name), _) => name,
+        (None, true) => TEMPUNAVAIL,
+        (None, false) => UNAVAILABLE,
     }
 }

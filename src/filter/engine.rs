@@ -223,7 +223,7 @@ impl Engine {
         if !message.problems().is_empty() {
             preset.push(SYMBOL_MIME_MALFORMED);
         }
-        if let Some(name) = ctx.client_names.as_ref().and_then(ClientNames::symbol) {
+        if let Some(name) = ctx.client_names.as_ref().and_then(super::rdns::symbol) {
             preset.push(name);
         }
         let found = attachments::analyse(&message, &self.attachments);

@@ -26,6 +26,8 @@ use mail_auth::hickory_resolver::proto::rr::RData;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
+pub use crate::envelope::{ClientNames, TEMPUNAVAIL, UNAVAILABLE};
+
 /// Preset symbol: the client address has no PTR name at all (a permanent answer).
 pub const SYMBOL_RDNS_NONE: &str = "RDNS_NONE";
 /// Preset symbol: the client has a PTR name, but none of them resolves back to its address.
@@ -37,61 +39,14 @@ pub const SYMBOLS: [&str; 2] = [SYMBOL_RDNS_NONE, SYMBOL_RDNS_UNVERIFIED];
 /// At most this many PTR names are checked (a hostile zone may list hundreds).
 pub const MAX_PTR_NAMES: usize = 10;
 
-/// XCLIENT/XFORWARD value for a permanently unknown name (Postfix XCLIENT_README).
-pub const UNAVAILABLE: &str = "[UNAVAILABLE]";
-/// XCLIENT value for a name unknown because of a temporary lookup failure.
-pub const TEMPUNAVAIL: &str = "[TEMPUNAVAIL]";
-
-/// What the lookup found for one client address.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ClientNames {
-    /// The first valid PTR name, not verified (Postfix's `reverse_client_name`).
-    pub reverse_name: Option<String>,
-    /// A PTR name whose A/AAAA records contain the address: FCrDNS (Postfix's `client_name`).
-    pub name: Option<String>,
-    /// `name` (or `reverse_name`) is missing because of a timeout or server failure, not
-    /// because DNS said so: the client is "unknown" for now, not for good.
-    pub temporary: bool,
-}
-
-impl ClientNames {
-    /// The names of a loopback client.
-    pub fn localhost() -> ClientNames {
-        ClientNames {
-            reverse_name: Some("localhost".into()),
-            name: Some("localhost".into()),
-            temporary: false,
-        }
-    }
-
-    /// The XCLIENT `NAME=` value (before xtext): the verified name, `[TEMPUNAVAIL]` after a
-    /// temporary failure, else `[UNAVAILABLE]`.
-    pub fn xclient_name(&self) -> &str {
-        unknown_or(self.name.as_deref(), self.temporary)
-    }
-
-    /// The XCLIENT `REVERSE_NAME=` value (before xtext), by the same rule for the PTR name.
-    pub fn xclient_reverse_name(&self) -> &str {
-        unknown_or(self.reverse_name.as_deref(), self.temporary)
-    }
-
-    /// The rule symbol for these names, if any: `RDNS_NONE` when DNS says there is no PTR
-    /// name, `RDNS_UNVERIFIED` when no PTR name resolves back. Nothing after a temporary
-    /// failure (the client is not to blame for our resolver).
-    pub fn symbol(&self) -> Option<&'static str> {
-        match (&self.reverse_name, &self.name, self.temporary) {
-            (_, _, true) | (_, Some(_), false) => None,
-            (None, None, false) => Some(SYMBOL_RDNS_NONE),
-            (Some(_), None, false) => Some(SYMBOL_RDNS_UNVERIFIED),
-        }
-    }
-}
-
-fn unknown_or(name: Option<&str>, temporary: bool) -> &str {
-    match (name, temporary) {
-        (Some(name), _) => name,
-        (None, true) => TEMPUNAVAIL,
-        (None, false) => UNAVAILABLE,
+/// The rule symbol for a client's names, if any: `RDNS_NONE` when DNS says there is no PTR
+/// name, `RDNS_UNVERIFIED` when no PTR name resolves back. Nothing after a temporary failure
+/// (the client is not to blame for our resolver).
+pub fn symbol(names: &ClientNames) -> Option<&'static str> {
+    match (&names.reverse_name, &names.name, names.temporary) {
+        (_, _, true) | (_, Some(_), false) => None,
+        (None, None, false) => Some(SYMBOL_RDNS_NONE),
+        (Some(_), None, false) => Some(SYMBOL_RDNS_UNVERIFIED),
     }
 }
 
@@ -422,7 +377,7 @@ host-record=v6.example.test,2001:db8::7
         let dns = dnsmasq();
         let names = resolver(dns.addr, 2000).lookup(ip("2001:db8::7")).await;
         assert_eq!(names.name.as_deref(), Some("v6.example.test"), "{names:?}");
-        assert_eq!(names.symbol(), None);
+        assert_eq!(symbol(&names), None);
     }
 
     #[tokio::test]
@@ -437,7 +392,7 @@ host-record=v6.example.test,2001:db8::7
                 temporary: false,
             }
         );
-        assert_eq!(names.symbol(), Some(SYMBOL_RDNS_UNVERIFIED));
+        assert_eq!(symbol(&names), Some(SYMBOL_RDNS_UNVERIFIED));
     }
 
     #[tokio::test]
@@ -463,7 +418,7 @@ host-record=v6.example.test,2001:db8::7
         let dns = dnsmasq();
         let names = resolver(dns.addr, 2000).lookup(ip("192.0.2.9")).await;
         assert_eq!(names, ClientNames::default());
-        assert_eq!(names.symbol(), Some(SYMBOL_RDNS_NONE));
+        assert_eq!(symbol(&names), Some(SYMBOL_RDNS_NONE));
         assert_eq!(names.xclient_name(), UNAVAILABLE);
     }
 
@@ -491,7 +446,7 @@ host-record=v6.example.test,2001:db8::7
                 temporary: true,
             }
         );
-        assert_eq!(names.symbol(), None);
+        assert_eq!(symbol(&names), None);
     }
 
     #[tokio::test]
@@ -579,24 +534,24 @@ host-record=v6.example.test,2001:db8::7
             temporary: false,
         };
         assert_eq!(verified.xclient_name(), "mx.example.test");
-        assert_eq!(verified.symbol(), None);
+        assert_eq!(symbol(&verified), None);
         let unverified = ClientNames {
             name: None,
             ..verified.clone()
         };
         assert_eq!(unverified.xclient_name(), UNAVAILABLE);
         assert_eq!(unverified.xclient_reverse_name(), "mx.example.test");
-        assert_eq!(unverified.symbol(), Some(SYMBOL_RDNS_UNVERIFIED));
+        assert_eq!(symbol(&unverified), Some(SYMBOL_RDNS_UNVERIFIED));
         let none = ClientNames::default();
         assert_eq!(none.xclient_reverse_name(), UNAVAILABLE);
-        assert_eq!(none.symbol(), Some(SYMBOL_RDNS_NONE));
+        assert_eq!(symbol(&none), Some(SYMBOL_RDNS_NONE));
         let temp = ClientNames {
             temporary: true,
             ..ClientNames::default()
         };
         assert_eq!(temp.xclient_name(), TEMPUNAVAIL);
         assert_eq!(temp.xclient_reverse_name(), TEMPUNAVAIL);
-        assert_eq!(temp.symbol(), None);
+        assert_eq!(symbol(&temp), None);
         let temp_forward = ClientNames {
             temporary: true,
             ..unverified

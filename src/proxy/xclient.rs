@@ -226,7 +226,7 @@ mod tests {
     #[test]
     fn a_new_address_drops_the_names_of_the_old_one() {
         let mut c = client();
-        c.set_names(crate::filter::rdns::ClientNames::localhost());
+        c.set_names(crate::envelope::ClientNames::localhost());
         parse("PORT=4711").expect("valid").apply(&mut c);
         assert_eq!(c.name.as_deref(), Some("localhost"), "same address: kept");
         parse("ADDR=192.0.2.7").expect("valid").apply(&mut c);

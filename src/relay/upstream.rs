@@ -16,7 +16,7 @@ use tokio::net::TcpStream;
 
 use crate::config::Xclient;
 use crate::envelope::ClientInfo;
-use crate::filter::rdns::UNAVAILABLE;
+use crate::envelope::UNAVAILABLE;
 use crate::smtp::connection::Io;
 use crate::smtp::data::dot_stuff;
 use crate::smtp::reply::Reply;
