@@ -120,8 +120,8 @@ impl Envelope {
     }
 }
 
-/// The names of a client as the connect stage looked them up (`filter::rdns`): what the
-/// relay passes on with XCLIENT and the rules read.
+// The names of a client as the connect stage looked them up (`filter::rdns`): what the
+// relay passes on with XCLIENT and the rules read.
 
 /// XCLIENT/XFORWARD value for a permanently unknown name (Postfix XCLIENT_README).
 pub const UNAVAILABLE: &str = "[UNAVAILABLE]";
