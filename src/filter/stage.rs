@@ -101,3 +101,103 @@ impl Filter {
         self.at_stage(Stage::Connect, &mut input).await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// Refuses one recipient at RCPT and counts its calls.
+    struct NoBob {
+        calls: AtomicUsize,
+    }
+
+    impl EnvelopeCheck for NoBob {
+        fn name(&self) -> &'static str {
+            "no bob"
+        }
+        fn stages(&self) -> &'static [Stage] {
+            &[Stage::Rcpt]
+        }
+        fn check<'a>(
+            &'a self,
+            _stage: Stage,
+            input: &'a mut StageInput<'_>,
+        ) -> Pin<Box<dyn Future<Output = StageResult> + Send + 'a>> {
+            self.calls.fetch_add(1, Ordering::Relaxed);
+            let bob = input.rcpt.is_some_and(|r| r.address == "bob@example.org");
+            Box::pin(async move {
+                if bob {
+                    StageResult::Reject(Reply::new(550, "5.7.1", "not bob"))
+                } else {
+                    StageResult::Continue
+                }
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn a_check_runs_only_at_its_stages_and_its_answer_decides() {
+        let mut config = Config::default();
+        config.dns.reverse_lookup = false;
+        let mut filter = Filter::load(&config).expect("the shipped rules load");
+        let check = std::sync::Arc::new(NoBob {
+            calls: AtomicUsize::new(0),
+        });
+        struct Shared(std::sync::Arc<NoBob>);
+        impl EnvelopeCheck for Shared {
+            fn name(&self) -> &'static str {
+                self.0.name()
+            }
+            fn stages(&self) -> &'static [Stage] {
+                self.0.stages()
+            }
+            fn check<'a>(
+                &'a self,
+                stage: Stage,
+                input: &'a mut StageInput<'_>,
+            ) -> Pin<Box<dyn Future<Output = StageResult> + Send + 'a>> {
+                self.0.check(stage, input)
+            }
+        }
+        filter.envelope_checks.push(Box::new(Shared(check.clone())));
+        let envelope =
+            crate::envelope::Envelope::example("t", &["bob@example.org", "al@example.org"]);
+        let mut client = envelope.client.clone();
+        assert_eq!(filter.at_connect(&mut client).await, StageResult::Continue);
+        let mut input = StageInput {
+            client: &mut client,
+            mail_from: Some(&envelope.mail_from),
+            rcpt: None,
+            recipients: &[],
+        };
+        assert_eq!(
+            filter.at_stage(Stage::Mail, &mut input).await,
+            StageResult::Continue
+        );
+        assert_eq!(
+            check.calls.load(Ordering::Relaxed),
+            0,
+            "not at connect or MAIL"
+        );
+        for (rcpt, refused) in [
+            (&envelope.recipients[0], true),
+            (&envelope.recipients[1], false),
+        ] {
+            let mut input = StageInput {
+                client: &mut client,
+                mail_from: Some(&envelope.mail_from),
+                rcpt: Some(rcpt),
+                recipients: &[],
+            };
+            let result = filter.at_stage(Stage::Rcpt, &mut input).await;
+            assert_eq!(
+                matches!(result, StageResult::Reject(ref r) if r.code() == 550),
+                refused,
+                "{rcpt:?}: {result:?}"
+            );
+        }
+        assert_eq!(check.calls.load(Ordering::Relaxed), 2);
+    }
+}

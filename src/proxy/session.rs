@@ -279,6 +279,18 @@ impl Session {
         self.reset("ehlo").await;
         self.client.helo = Some(name.clone());
         self.client.esmtp = esmtp;
+        let mut input = StageInput {
+            client: &mut self.client,
+            mail_from: None,
+            rcpt: None,
+            recipients: &[],
+        };
+        if let StageResult::Reject(r) | StageResult::TempFail(r) =
+            self.services.filter.at_stage(Stage::Helo, &mut input).await
+        {
+            self.client.helo = None;
+            return self.error(&r);
+        }
         let server = &self.services.config.server;
         if !esmtp {
             let r = reply::helo_ok(&server.hostname, &name);
