@@ -179,73 +179,21 @@ impl Authenticator {
     /// Runs SPF, DKIM, ARC and DMARC for one message.
     pub async fn check(&self, input: &AuthInput, raw: &[u8]) -> AuthResults {
         let started = Instant::now();
-        let budget = self.stage_budget;
-        let helo = input.helo.as_deref().unwrap_or("").trim();
-        let mail_from = input.mail_from.trim();
-        let spf_ip = input.ip.filter(|ip| !self.is_trusted(*ip));
+        let id = Identities {
+            helo: input.helo.as_deref().unwrap_or("").trim(),
+            mail_from: input.mail_from.trim(),
+            spf_ip: input.ip.filter(|ip| !self.is_trusted(*ip)),
+            ip: input.ip,
+        };
         let message = AuthenticatedMessage::parse(raw);
 
         // Stage 1: SPF (both identities), DKIM and ARC at once.
-        let spf_helo_fut = async {
-            match spf_ip {
-                Some(ip) if !helo.is_empty() => Some(
-                    bounded(
-                        budget,
-                        self.inner
-                            .verify_spf(SpfParameters::verify_ehlo(ip, helo, &self.hostname)),
-                        || SpfOutput::new(helo.to_string()).with_result(SpfResult::TempError),
-                    )
-                    .await,
-                ),
-                _ => None,
-            }
-        };
-        let spf_from_fut = async {
-            match spf_ip {
-                // The null sender is checked as postmaster@<HELO> (RFC 7208 §2.4).
-                Some(ip) if !mail_from.is_empty() || !helo.is_empty() => Some(
-                    bounded(
-                        budget,
-                        self.inner.verify_spf(SpfParameters::verify_mail_from(
-                            ip,
-                            helo,
-                            &self.hostname,
-                            mail_from,
-                        )),
-                        || {
-                            SpfOutput::new(domain_of(mail_from).unwrap_or(helo).to_string())
-                                .with_result(SpfResult::TempError)
-                        },
-                    )
-                    .await,
-                ),
-                _ => None,
-            }
-        };
-        let dkim_fut = async {
-            match &message {
-                Some(m) => {
-                    bounded(budget, self.inner.verify_dkim(m), || {
-                        vec![DkimOutput::temp_err(timeout_error())]
-                    })
-                    .await
-                }
-                None => Vec::new(),
-            }
-        };
-        let arc_fut = async {
-            match &message {
-                Some(m) => {
-                    bounded(budget, self.inner.verify_arc(m), || {
-                        ArcOutput::default().with_result(DkimResult::TempError(timeout_error()))
-                    })
-                    .await
-                }
-                None => ArcOutput::default(),
-            }
-        };
-        let (spf_helo, spf_from, dkim, arc) =
-            tokio::join!(spf_helo_fut, spf_from_fut, dkim_fut, arc_fut);
+        let (spf_helo, spf_from, dkim, arc) = tokio::join!(
+            self.spf_helo(&id),
+            self.spf_mail_from(&id),
+            self.dkim(message.as_ref()),
+            self.arc(message.as_ref())
+        );
 
         // Stage 2: DMARC on the From domain, from the SPF (MAIL FROM) and DKIM results.
         let from_domain = message
@@ -256,182 +204,319 @@ impl Authenticator {
             .to_ascii_lowercase();
         let trusted = input.ip.is_some_and(|ip| self.is_trusted(ip));
         let dmarc = match &message {
-            Some(m) if !trusted && !from_domain.is_empty() => {
-                let spf_for_dmarc = spf_from.clone().unwrap_or_default();
-                let spf_domain = if mail_from.is_empty() {
-                    helo
-                } else {
-                    domain_of(mail_from).unwrap_or("")
-                };
-                Some(
-                    bounded(
-                        budget,
-                        self.inner.verify_dmarc(DmarcParameters::new(
-                            m,
-                            &dkim,
-                            spf_domain,
-                            &spf_for_dmarc,
-                        )),
-                        || {
-                            DmarcOutput::new(from_domain.clone())
-                                .with_spf_result(DmarcResult::TempError(timeout_error()))
-                                .with_dkim_result(DmarcResult::TempError(timeout_error()))
-                        },
-                    )
+            Some(m) if !trusted && !from_domain.is_empty() => Some(
+                self.dmarc(m, &id, &dkim, spf_from.as_ref(), &from_domain)
                     .await,
-                )
-            }
+            ),
             _ => None,
+        };
+        let checked = Checked {
+            spf_helo,
+            spf_from,
+            dkim,
+            arc,
+            dmarc,
+            from_domain,
         };
 
         let mut out = AuthResults {
-            spf: spf_from.as_ref().map(|o| spf_word(o.result())),
-            spf_helo: spf_helo.as_ref().map(|o| spf_word(o.result())),
-            arc: dkim_word(arc.result()),
+            spf: checked.spf_from.as_ref().map(|o| spf_word(o.result())),
+            spf_helo: checked.spf_helo.as_ref().map(|o| spf_word(o.result())),
+            arc: dkim_word(checked.arc.result()),
             ..AuthResults::default()
         };
-        // Symbols.
-        let mut symbols: Vec<String> = Vec::new();
-        if let Some(o) = &spf_from {
-            symbols.push(format!("SPF_{}", spf_symbol(o.result())));
-            out.spf_temperror = o.result() == SpfResult::TempError;
-        }
-        if let Some(o) = &spf_helo {
-            symbols.push(format!("SPF_HELO_{}", spf_symbol(o.result())));
-        }
-        for d in &dkim {
-            let (domain, selector) = d
-                .signature()
-                .map(|s| (s.d.clone(), s.s.clone()))
-                .unwrap_or_default();
-            out.dkim.push(DkimSummary {
-                result: dkim_word(d.result()),
-                domain,
-                selector,
-            });
-        }
-        if out.dkim.is_empty() {
-            symbols.push("DKIM_NONE".into());
-        }
-        if out.dkim.iter().any(|d| d.result == "pass") {
-            symbols.push("DKIM_VALID".into());
-            if out
-                .dkim
-                .iter()
-                .any(|d| d.result == "pass" && d.domain.eq_ignore_ascii_case(&from_domain))
-            {
-                symbols.push("DKIM_VALID_AU".into());
-            }
-        }
-        if out
-            .dkim
-            .iter()
-            .any(|d| matches!(d.result, "fail" | "neutral" | "permerror"))
-        {
-            symbols.push("DKIM_INVALID".into());
-        }
-        if out.dkim.iter().any(|d| d.result == "temperror") {
-            symbols.push("DKIM_TEMPERROR".into());
-        }
-        symbols.push(
-            match out.arc {
-                "pass" => "ARC_VALID",
-                "none" => "ARC_NONE",
-                _ => "ARC_INVALID",
-            }
-            .into(),
-        );
-        if let Some(d) = &dmarc {
-            out.dmarc_domain = d.domain().to_string();
-            out.dmarc_policy = match d.policy() {
-                DmarcPolicy::Reject => "reject",
-                DmarcPolicy::Quarantine => "quarantine",
-                DmarcPolicy::None | DmarcPolicy::Unspecified => "none",
-            };
-            let word = dmarc_word(&d.result());
-            out.dmarc = Some(word);
-            out.dmarc_temperror = word == "temperror";
-            if word == "fail" && out.dmarc_policy != "none" {
-                // RFC 7489 §6.6.4 pct: mail-auth 0.13 follows DMARCbis, which dropped it, so
-                // the tag is read here. A failing message outside the sampled share gets the
-                // next milder policy (reject → quarantine, quarantine → none).
-                if let Some(pct) = self.legacy_pct(&out.dmarc_domain).await {
-                    out.dmarc_pct = Some(pct);
-                    if !sampled(pct, raw) {
-                        out.dmarc_policy = match out.dmarc_policy {
-                            "reject" => "quarantine",
-                            _ => "none",
-                        };
-                    }
-                }
-            }
-            symbols.push(
-                match (word, out.dmarc_policy) {
-                    ("pass", _) => "DMARC_PASS",
-                    ("fail", "reject") => "DMARC_REJECT",
-                    ("fail", "quarantine") => "DMARC_QUARANTINE",
-                    ("fail", _) => "DMARC_POLICY_NONE",
-                    ("temperror", _) => "DMARC_TEMPERROR",
-                    ("permerror", _) => "DMARC_PERMERROR",
-                    _ => "DMARC_NONE",
-                }
-                .into(),
-            );
-        } else {
-            out.dmarc_policy = "none";
+        let mut symbols = spf_dkim_arc_symbols(&checked, &mut out);
+        match &checked.dmarc {
+            Some(d) => symbols.push(self.dmarc_outcome(d, &mut out, raw).await.into()),
+            None => out.dmarc_policy = "none",
         }
         out.symbols = symbols;
+        let authentication_results = self.authentication_results(&checked, &id, out.arc);
+        out.headers.push(authentication_results);
+        if let Some(field) = self.received_spf(&checked, &id) {
+            out.headers.push(field);
+        }
+        out.elapsed = started.elapsed();
+        out
+    }
 
-        // Headers: Authentication-Results in the order spf; dkim; dmarc; arc.
+    /// SPF for the EHLO identity; `None` without a client address (or a trusted one) or EHLO.
+    async fn spf_helo(&self, id: &Identities<'_>) -> Option<SpfOutput> {
+        let helo = id.helo;
+        match id.spf_ip {
+            Some(ip) if !helo.is_empty() => Some(
+                bounded(
+                    self.stage_budget,
+                    self.inner
+                        .verify_spf(SpfParameters::verify_ehlo(ip, helo, &self.hostname)),
+                    || SpfOutput::new(helo.to_string()).with_result(SpfResult::TempError),
+                )
+                .await,
+            ),
+            _ => None,
+        }
+    }
+
+    /// SPF for the MAIL FROM identity; `None` without a client address (or a trusted one),
+    /// or with neither a sender nor an EHLO.
+    async fn spf_mail_from(&self, id: &Identities<'_>) -> Option<SpfOutput> {
+        let (helo, mail_from) = (id.helo, id.mail_from);
+        match id.spf_ip {
+            // The null sender is checked as postmaster@<HELO> (RFC 7208 §2.4).
+            Some(ip) if !mail_from.is_empty() || !helo.is_empty() => Some(
+                bounded(
+                    self.stage_budget,
+                    self.inner.verify_spf(SpfParameters::verify_mail_from(
+                        ip,
+                        helo,
+                        &self.hostname,
+                        mail_from,
+                    )),
+                    || {
+                        SpfOutput::new(domain_of(mail_from).unwrap_or(helo).to_string())
+                            .with_result(SpfResult::TempError)
+                    },
+                )
+                .await,
+            ),
+            _ => None,
+        }
+    }
+
+    /// DKIM on every signature of the message (none if it could not be parsed).
+    async fn dkim<'x>(&self, message: Option<&'x AuthenticatedMessage<'x>>) -> Vec<DkimOutput<'x>> {
+        match message {
+            Some(m) => {
+                bounded(self.stage_budget, self.inner.verify_dkim(m), || {
+                    vec![DkimOutput::temp_err(timeout_error())]
+                })
+                .await
+            }
+            None => Vec::new(),
+        }
+    }
+
+    /// ARC chain validation (none if the message could not be parsed).
+    async fn arc<'x>(&self, message: Option<&'x AuthenticatedMessage<'x>>) -> ArcOutput<'x> {
+        match message {
+            Some(m) => {
+                bounded(self.stage_budget, self.inner.verify_arc(m), || {
+                    ArcOutput::default().with_result(DkimResult::TempError(timeout_error()))
+                })
+                .await
+            }
+            None => ArcOutput::default(),
+        }
+    }
+
+    /// DMARC for `from_domain` from the SPF (MAIL FROM) and DKIM results.
+    async fn dmarc<'x>(
+        &self,
+        message: &'x AuthenticatedMessage<'x>,
+        id: &Identities<'_>,
+        dkim: &'x [DkimOutput<'x>],
+        spf_from: Option<&SpfOutput>,
+        from_domain: &str,
+    ) -> DmarcOutput {
+        let spf_for_dmarc = spf_from.cloned().unwrap_or_default();
+        let spf_domain = if id.mail_from.is_empty() {
+            id.helo
+        } else {
+            domain_of(id.mail_from).unwrap_or("")
+        };
+        bounded(
+            self.stage_budget,
+            self.inner.verify_dmarc(DmarcParameters::new(
+                message,
+                dkim,
+                spf_domain,
+                &spf_for_dmarc,
+            )),
+            || {
+                DmarcOutput::new(from_domain.to_string())
+                    .with_spf_result(DmarcResult::TempError(timeout_error()))
+                    .with_dkim_result(DmarcResult::TempError(timeout_error()))
+            },
+        )
+        .await
+    }
+
+    /// Fills in the DMARC fields of `out` (the policy after `pct=` sampling) and returns the
+    /// DMARC symbol.
+    async fn dmarc_outcome(
+        &self,
+        d: &DmarcOutput,
+        out: &mut AuthResults,
+        raw: &[u8],
+    ) -> &'static str {
+        out.dmarc_domain = d.domain().to_string();
+        out.dmarc_policy = match d.policy() {
+            DmarcPolicy::Reject => "reject",
+            DmarcPolicy::Quarantine => "quarantine",
+            DmarcPolicy::None | DmarcPolicy::Unspecified => "none",
+        };
+        let word = dmarc_word(&d.result());
+        out.dmarc = Some(word);
+        out.dmarc_temperror = word == "temperror";
+        if word == "fail" && out.dmarc_policy != "none" {
+            // RFC 7489 §6.6.4 pct: mail-auth 0.13 follows DMARCbis, which dropped it, so
+            // the tag is read here. A failing message outside the sampled share gets the
+            // next milder policy (reject → quarantine, quarantine → none).
+            if let Some(pct) = self.legacy_pct(&out.dmarc_domain).await {
+                out.dmarc_pct = Some(pct);
+                if !sampled(pct, raw) {
+                    out.dmarc_policy = match out.dmarc_policy {
+                        "reject" => "quarantine",
+                        _ => "none",
+                    };
+                }
+            }
+        }
+        match (word, out.dmarc_policy) {
+            ("pass", _) => "DMARC_PASS",
+            ("fail", "reject") => "DMARC_REJECT",
+            ("fail", "quarantine") => "DMARC_QUARANTINE",
+            ("fail", _) => "DMARC_POLICY_NONE",
+            ("temperror", _) => "DMARC_TEMPERROR",
+            ("permerror", _) => "DMARC_PERMERROR",
+            _ => "DMARC_NONE",
+        }
+    }
+
+    /// The `Authentication-Results` field: spf; dkim; dmarc; arc, in that order.
+    fn authentication_results(
+        &self,
+        c: &Checked<'_>,
+        id: &Identities<'_>,
+        arc_word: &str,
+    ) -> String {
         let host = self.hostname.as_str();
+        let (helo, mail_from) = (id.helo, id.mail_from);
         let part = |ar: AuthenticationResults<'_>| {
             let text = ar.to_string();
             text.get(host.len()..).unwrap_or("").to_string()
         };
         let mut ar = String::new();
-        if let (Some(ip), Some(o)) = (spf_ip, &spf_from) {
+        if let (Some(ip), Some(o)) = (id.spf_ip, &c.spf_from) {
             ar.push_str(&part(
                 AuthenticationResults::new(host).with_spf_mailfrom_result(o, ip, mail_from, helo),
             ));
         }
-        if let (Some(ip), Some(o)) = (spf_ip, &spf_helo) {
+        if let (Some(ip), Some(o)) = (id.spf_ip, &c.spf_helo) {
             ar.push_str(&part(
                 AuthenticationResults::new(host).with_spf_ehlo_result(o, ip, helo),
             ));
         }
-        if dkim.is_empty() {
+        if c.dkim.is_empty() {
             ar.push_str(";\r\n\tdkim=none");
         } else {
             ar.push_str(&part(
-                AuthenticationResults::new(host).with_dkim_results(&dkim, &from_domain),
+                AuthenticationResults::new(host).with_dkim_results(&c.dkim, &c.from_domain),
             ));
         }
-        if let Some(d) = &dmarc {
+        if let Some(d) = &c.dmarc {
             ar.push_str(&part(AuthenticationResults::new(host).with_dmarc_result(d)));
         }
-        match input.ip {
+        match id.ip {
             Some(ip) => ar.push_str(&part(
-                AuthenticationResults::new(host).with_arc_result(&arc, ip),
+                AuthenticationResults::new(host).with_arc_result(&c.arc, ip),
             )),
-            None => ar.push_str(&format!(";\r\n\tarc={}", out.arc)),
+            None => ar.push_str(&format!(";\r\n\tarc={arc_word}")),
         }
-        out.headers
-            .push(format!("Authentication-Results: {host}{ar}"));
-        // Received-SPF for the identity that was checked (RFC 7208 §9.1).
-        if let Some(ip) = spf_ip {
-            let checked = if mail_from.is_empty() {
-                spf_helo.as_ref().or(spf_from.as_ref())
-            } else {
-                spf_from.as_ref()
-            };
-            if let Some(o) = checked {
-                let field = ReceivedSpf::new(o, ip, helo, mail_from, host).to_header();
-                out.headers.push(field.trim_end_matches("\r\n").to_string());
-            }
-        }
-        out.elapsed = started.elapsed();
-        out
+        format!("Authentication-Results: {host}{ar}")
     }
+
+    /// The `Received-SPF` field for the identity that was checked (RFC 7208 §9.1), if any.
+    fn received_spf(&self, c: &Checked<'_>, id: &Identities<'_>) -> Option<String> {
+        let ip = id.spf_ip?;
+        let checked = if id.mail_from.is_empty() {
+            c.spf_helo.as_ref().or(c.spf_from.as_ref())
+        } else {
+            c.spf_from.as_ref()
+        }?;
+        let field =
+            ReceivedSpf::new(checked, ip, id.helo, id.mail_from, &self.hostname).to_header();
+        Some(field.trim_end_matches("\r\n").to_string())
+    }
+}
+
+/// The identities of one message, as the checks use them.
+struct Identities<'a> {
+    /// The EHLO/HELO argument, trimmed ("" without one).
+    helo: &'a str,
+    /// The MAIL FROM address, trimmed.
+    mail_from: &'a str,
+    /// The client's address unless it is trusted: SPF is checked only with it.
+    spf_ip: Option<IpAddr>,
+    /// The client's address.
+    ip: Option<IpAddr>,
+}
+
+/// What the checks returned for one message.
+struct Checked<'x> {
+    spf_helo: Option<SpfOutput>,
+    spf_from: Option<SpfOutput>,
+    dkim: Vec<DkimOutput<'x>>,
+    arc: ArcOutput<'x>,
+    dmarc: Option<DmarcOutput>,
+    /// The RFC5322.From domain, lower-cased ("" without one).
+    from_domain: String,
+}
+
+/// Records the SPF temperror and the DKIM signatures in `out`; returns the SPF, DKIM and ARC
+/// symbols.
+fn spf_dkim_arc_symbols(c: &Checked<'_>, out: &mut AuthResults) -> Vec<String> {
+    let mut symbols: Vec<String> = Vec::new();
+    if let Some(o) = &c.spf_from {
+        symbols.push(format!("SPF_{}", spf_symbol(o.result())));
+        out.spf_temperror = o.result() == SpfResult::TempError;
+    }
+    if let Some(o) = &c.spf_helo {
+        symbols.push(format!("SPF_HELO_{}", spf_symbol(o.result())));
+    }
+    for d in &c.dkim {
+        let (domain, selector) = d
+            .signature()
+            .map(|s| (s.d.clone(), s.s.clone()))
+            .unwrap_or_default();
+        out.dkim.push(DkimSummary {
+            result: dkim_word(d.result()),
+            domain,
+            selector,
+        });
+    }
+    if out.dkim.is_empty() {
+        symbols.push("DKIM_NONE".into());
+    }
+    if out.dkim.iter().any(|d| d.result == "pass") {
+        symbols.push("DKIM_VALID".into());
+        if out
+            .dkim
+            .iter()
+            .any(|d| d.result == "pass" && d.domain.eq_ignore_ascii_case(&c.from_domain))
+        {
+            symbols.push("DKIM_VALID_AU".into());
+        }
+    }
+    if out
+        .dkim
+        .iter()
+        .any(|d| matches!(d.result, "fail" | "neutral" | "permerror"))
+    {
+        symbols.push("DKIM_INVALID".into());
+    }
+    if out.dkim.iter().any(|d| d.result == "temperror") {
+        symbols.push("DKIM_TEMPERROR".into());
+    }
+    symbols.push(
+        match out.arc {
+            "pass" => "ARC_VALID",
+            "none" => "ARC_NONE",
+            _ => "ARC_INVALID",
+        }
+        .into(),
+    );
+    symbols
 }
 
 /// Time allowed for one DNS lookup (`[dns] timeout_ms`).

@@ -59,7 +59,7 @@ pub fn spawn(filter: Arc<Filter>, watch_files: bool) {
             match tokio::task::spawn_blocking(move || f.reload()).await {
                 Ok(Ok(status)) => {
                     let m = crate::metrics::metrics();
-                    m.rules_status(&status);
+                    m.rules_status(status.ok, status.rules, status.skipped, status.at);
                     m.set_rules(filter.engine().rules.rule_names());
                     tracing::info!(
                         cause,
@@ -69,7 +69,12 @@ pub fn spawn(filter: Arc<Filter>, watch_files: bool) {
                     )
                 }
                 Ok(Err(status)) => {
-                    crate::metrics::metrics().rules_status(&status);
+                    crate::metrics::metrics().rules_status(
+                        status.ok,
+                        status.rules,
+                        status.skipped,
+                        status.at,
+                    );
                     for e in &status.errors {
                         tracing::error!(cause, "{e}");
                     }

@@ -268,7 +268,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         skipped = status.skipped,
         "rules loaded"
     );
-    crate::metrics::metrics().rules_status(&status);
+    crate::metrics::metrics().rules_status(status.ok, status.rules, status.skipped, status.at);
     crate::metrics::metrics().set_rules(services.filter.engine().rules.rule_names());
     if let Some(addr) = services
         .config

@@ -252,27 +252,7 @@ fn read_entity(
             .find(|f| header::name_is(data, &f.name, name))
             .and_then(|f| data.get(f.value.clone()))
     };
-    let default_type = if work.in_digest {
-        "message/rfc822"
-    } else {
-        "text/plain"
-    };
-    let (content_type, ct_attrs) = match first("Content-Type").and_then(parse_params) {
-        Some(Params {
-            kind,
-            sub: Some(sub),
-            attrs,
-        }) if !kind.is_empty() && !sub.is_empty() => (format!("{kind}/{sub}"), attrs),
-        Some(params) => (default_type.to_string(), params.attrs),
-        None => (default_type.to_string(), Vec::new()),
-    };
-    let attr = |attrs: &[(String, String)], name: &str| {
-        attrs
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.trim().to_string())
-            .filter(|v| !v.is_empty())
-    };
+    let (content_type, ct_attrs) = content_type(first("Content-Type"), work.in_digest);
     let disposition = first("Content-Disposition").and_then(parse_params);
     let filename = disposition
         .as_ref()
@@ -291,75 +271,29 @@ fn read_entity(
 
     let mut text = TextKind::None;
     let next = if let Some(subtype) = content_type.strip_prefix("multipart/") {
-        match attr(&ct_attrs, "boundary") {
-            _ if !can_descend => {
-                problems.push(format!(
-                    "part {idx}: MIME nesting deeper than {MAX_DEPTH} levels, not parsed further"
-                ));
-                Next::Leaf
-            }
-            None => {
-                problems.push(format!(
-                    "part {idx}: {content_type} without a boundary parameter"
-                ));
-                text = TextKind::Plain;
-                Next::Leaf
-            }
-            Some(boundary) => {
-                let scan = scan_multipart(data, body.clone(), boundary.as_bytes());
-                if scan.children.is_empty() {
-                    problems.push(format!(
-                        "part {idx}: boundary \"{}\" of {content_type} never found",
-                        shorten(&boundary)
-                    ));
-                    text = TextKind::Plain;
-                    Next::Leaf
-                } else {
-                    if !scan.closed {
-                        problems.push(format!(
-                            "part {idx}: missing closing boundary \"--{}--\"",
-                            shorten(&boundary)
-                        ));
-                    }
-                    Next::Multipart {
-                        alternative: subtype == "alternative",
-                        digest: subtype == "digest",
-                        children: scan.children,
-                    }
-                }
-            }
-        }
+        let (next, t) = multipart_next(MultipartInput {
+            data,
+            body: body.clone(),
+            content_type: &content_type,
+            subtype,
+            boundary: attr(&ct_attrs, "boundary"),
+            idx,
+            can_descend,
+            problems: &mut problems,
+        });
+        text = t;
+        next
     } else if matches!(content_type.as_str(), "message/rfc822" | "message/global") {
-        if !can_descend {
-            problems.push(format!(
-                "part {idx}: MIME nesting deeper than {MAX_DEPTH} levels, not parsed further"
-            ));
-            Next::Leaf
-        } else {
-            match cte {
-                Cte::Identity | Cte::Unknown => Next::Message {
-                    decoded: None,
-                    range: body.clone(),
-                },
-                Cte::Base64 | Cte::QuotedPrintable => {
-                    let mut out = Out::keep(decoded_budget);
-                    decode::transfer(cte, data.get(body.clone()).unwrap_or_default(), &mut out);
-                    if out.total > decoded_budget {
-                        problems.push(format!(
-                            "part {idx}: encoded embedded messages larger than {} MiB in \
-                             total, not parsed",
-                            MAX_DECODED_MESSAGES >> 20
-                        ));
-                        Next::Leaf
-                    } else {
-                        Next::Message {
-                            decoded: Some(out.buf),
-                            range: 0..0,
-                        }
-                    }
-                }
-            }
-        }
+        let encoded = data.get(body.clone()).unwrap_or_default();
+        message_next(
+            encoded,
+            body.clone(),
+            cte,
+            idx,
+            can_descend,
+            decoded_budget,
+            &mut problems,
+        )
     } else {
         text = match content_type.as_str() {
             "text/plain" => TextKind::Plain,
@@ -386,6 +320,132 @@ fn read_entity(
         text,
         next,
         problems,
+    }
+}
+
+/// The part's `type/subtype` (lower-case) and parameters from its Content-Type value; the
+/// default type (`message/rfc822` in a digest, else `text/plain`) without a usable one.
+fn content_type(value: Option<&[u8]>, in_digest: bool) -> (String, Vec<(String, String)>) {
+    let default_type = if in_digest {
+        "message/rfc822"
+    } else {
+        "text/plain"
+    };
+    match value.and_then(parse_params) {
+        Some(Params {
+            kind,
+            sub: Some(sub),
+            attrs,
+        }) if !kind.is_empty() && !sub.is_empty() => (format!("{kind}/{sub}"), attrs),
+        Some(params) => (default_type.to_string(), params.attrs),
+        None => (default_type.to_string(), Vec::new()),
+    }
+}
+
+/// The trimmed, non-empty value of parameter `name`.
+fn attr(attrs: &[(String, String)], name: &str) -> Option<String> {
+    attrs
+        .iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, v)| v.trim().to_string())
+        .filter(|v| !v.is_empty())
+}
+
+/// What [`multipart_next`] looks at.
+struct MultipartInput<'a> {
+    data: &'a [u8],
+    body: Range<usize>,
+    content_type: &'a str,
+    /// The subtype: `alternative`, `digest`, `mixed`, …
+    subtype: &'a str,
+    boundary: Option<String>,
+    idx: usize,
+    can_descend: bool,
+    problems: &'a mut Vec<String>,
+}
+
+/// A multipart part's children (found by their boundary lines), or a leaf (taken as plain
+/// text when its boundary is missing or never found) with the problem recorded.
+fn multipart_next(m: MultipartInput<'_>) -> (Next, TextKind) {
+    let (idx, content_type) = (m.idx, m.content_type);
+    match m.boundary {
+        _ if !m.can_descend => {
+            m.problems.push(format!(
+                "part {idx}: MIME nesting deeper than {MAX_DEPTH} levels, not parsed further"
+            ));
+            (Next::Leaf, TextKind::None)
+        }
+        None => {
+            m.problems.push(format!(
+                "part {idx}: {content_type} without a boundary parameter"
+            ));
+            (Next::Leaf, TextKind::Plain)
+        }
+        Some(boundary) => {
+            let scan = scan_multipart(m.data, m.body, boundary.as_bytes());
+            if scan.children.is_empty() {
+                m.problems.push(format!(
+                    "part {idx}: boundary \"{}\" of {content_type} never found",
+                    shorten(&boundary)
+                ));
+                return (Next::Leaf, TextKind::Plain);
+            }
+            if !scan.closed {
+                m.problems.push(format!(
+                    "part {idx}: missing closing boundary \"--{}--\"",
+                    shorten(&boundary)
+                ));
+            }
+            let next = Next::Multipart {
+                alternative: m.subtype == "alternative",
+                digest: m.subtype == "digest",
+                children: scan.children,
+            };
+            (next, TextKind::None)
+        }
+    }
+}
+
+/// A message/rfc822 part's embedded message: its range, or its decoded copy when it is
+/// transfer-encoded (within `decoded_budget`); a leaf, with the problem recorded, when it is
+/// too deep or too large.
+fn message_next(
+    encoded: &[u8],
+    body: Range<usize>,
+    cte: Cte,
+    idx: usize,
+    can_descend: bool,
+    decoded_budget: usize,
+    problems: &mut Vec<String>,
+) -> Next {
+    if !can_descend {
+        problems.push(format!(
+            "part {idx}: MIME nesting deeper than {MAX_DEPTH} levels, not parsed further"
+        ));
+        return Next::Leaf;
+    }
+    match cte {
+        Cte::Identity | Cte::Unknown => Next::Message {
+            decoded: None,
+            range: body,
+        },
+        Cte::Base64 | Cte::QuotedPrintable => {
+            let mut out = Out::keep(decoded_budget);
+            decode::transfer(cte, encoded, &mut out);
+            if out.total > decoded_budget {
+                problems.push(format!(
+                    "part {idx}: encoded embedded messages larger than {} MiB in \
+                     total, not parsed",
+                    MAX_DECODED_MESSAGES >> 20
+                ));
+                Next::Leaf
+            } else {
+                Next::Message {
+                    decoded: Some(out.buf),
+                    range: 0..0,
+                }
+            }
+        }
     }
 }
 

@@ -8,11 +8,11 @@
 
 use std::time::Instant;
 
-use super::compile::MatchStats;
+use super::compile::{MatchStats, Matcher};
 use super::parse::{
     AttachField, HeaderPart, HeaderSource, HeaderWhat, KeywordTarget, KeywordView, Which,
 };
-use super::{Evaluation, Hit, RuleSet, TestKind, meta};
+use super::{Evaluation, Hit, RuleSet, Test, TestKind, meta};
 use crate::filter::message::{HeaderField, Message};
 
 /// Header values normalized the way SpamAssassin stores them: CRLF becomes LF.
@@ -331,6 +331,216 @@ fn strip_comments(p: &[u8]) -> (Vec<u8>, Option<Vec<u8>>) {
     (out, first)
 }
 
+/// Whether `deadline` has passed.
+fn past(deadline: Option<Instant>) -> bool {
+    deadline.is_some_and(|d| Instant::now() >= d)
+}
+
+/// The state of one evaluation: every rule's value and hit count by id, and what is computed
+/// at most once per message (header values, literal prefilter results, regex statistics).
+struct Run<'m> {
+    message: &'m Message,
+    archive_names: &'m [String],
+    values: Vec<f64>,
+    counts: Vec<u32>,
+    stats: MatchStats,
+    header_cache: Vec<Option<Option<Vec<u8>>>>,
+    present: [Option<Vec<bool>>; super::LITERAL_VIEWS],
+}
+
+impl Run<'_> {
+    /// Marks keyword rule `slot` as hit once (keyword rules count at most one hit).
+    fn keyword_seen(values: &mut [f64], counts: &mut [u32], slot: usize) {
+        if let Some(c) = counts.get_mut(slot)
+            && *c == 0
+        {
+            *c = 1;
+            values[slot] = values[slot].max(1.0);
+        }
+    }
+
+    /// Whether the test's literal prefilter says it cannot match (none of its literals
+    /// occurs in its view).
+    fn literals_absent(&mut self, set: &RuleSet, test: &Test) -> bool {
+        let Some(ids) = &test.literals else {
+            return false;
+        };
+        let view = match test.kind {
+            TestKind::Body(_) => 0,
+            TestKind::RawBody(_) => 1,
+            _ => 2,
+        };
+        let Some(index) = &set.literal_index[view] else {
+            return false;
+        };
+        let message = self.message;
+        let seen = self.present[view].get_or_insert_with(|| {
+            index.present(match view {
+                0 => message.body(),
+                1 => message.rawbody(),
+                _ => message.raw(),
+            })
+        });
+        !ids.iter().any(|&i| seen.get(i).copied().unwrap_or(true))
+    }
+
+    /// Hits of one test on the message; `None` if it is not run (its literals are absent, or
+    /// its header source is unknown).
+    fn test_hits(&mut self, set: &RuleSet, test: &Test) -> Option<u32> {
+        if self.literals_absent(set, test) {
+            return None;
+        }
+        let max = test.max;
+        let message = self.message;
+        let stats = &mut self.stats;
+        Some(match &test.kind {
+            TestKind::Header {
+                src,
+                neg,
+                if_unset,
+                m,
+            } => {
+                let cached = self.header_cache.get_mut(*src)?.get_or_insert_with(|| {
+                    set.sources.get(*src).and_then(|s| header_value(message, s))
+                });
+                let text: &[u8] = match (cached.as_deref(), if_unset) {
+                    (Some(v), _) => v,
+                    (None, Some(u)) => u,
+                    (None, None) => b"",
+                };
+                if *neg {
+                    u32::from(m.count(text, 1, stats) == 0)
+                } else {
+                    m.count(text, max, stats)
+                }
+            }
+            TestKind::Exists { header } => u32::from(header_exists(message, header)),
+            TestKind::Body(m) => m.count_unfiltered(body_text(message, test), max, stats),
+            TestKind::RawBody(m) => m.count_unfiltered(message.rawbody(), max, stats),
+            TestKind::Full(m) => m.count_unfiltered(message.raw(), max, stats),
+            TestKind::Uri(m) => uri_hits(message, m, max, stats),
+            TestKind::MimeHeader {
+                header,
+                raw,
+                neg,
+                m,
+            } => {
+                let n = mime_header_hits(message, header, *raw, m, max, stats);
+                if *neg { u32::from(n == 0) } else { n }
+            }
+            TestKind::Attachment {
+                field: AttachField::ArchiveFilename,
+                m,
+            } => archive_hits(self.archive_names, m, max, stats),
+            TestKind::Attachment { field, m } => attachment_hits(message, *field, m, max, stats),
+        })
+    }
+}
+
+/// What a body rule sees: the body, without its first line (the Subject) for `nosubject`
+/// rules when there is a Subject (SpamAssassin makes it an empty line otherwise, which
+/// matters to no rule).
+fn body_text<'m>(message: &'m Message, test: &Test) -> &'m [u8] {
+    let body = message.body();
+    let has_subject = message
+        .header_fields("Subject")
+        .next()
+        .is_some_and(|s| !s.decoded.is_empty());
+    if test.nosubject && has_subject {
+        match memchr::memchr(b'\n', body) {
+            Some(i) => &body[i + 1..],
+            None => b"",
+        }
+    } else {
+        body
+    }
+}
+
+/// Hits of a URI rule: matches over all URIs, at most `max`.
+fn uri_hits(message: &Message, m: &Matcher, max: u32, stats: &mut MatchStats) -> u32 {
+    let mut n = 0u32;
+    for u in message.uris() {
+        n += m.count(u.as_bytes(), max - n, stats);
+        if n >= max {
+            break;
+        }
+    }
+    n
+}
+
+/// Hits of a `mimeheader` rule: matches over the values of the MIME parts' `header` fields,
+/// at most `max`.
+fn mime_header_hits(
+    message: &Message,
+    header: &str,
+    raw: bool,
+    m: &Matcher,
+    max: u32,
+    stats: &mut MatchStats,
+) -> u32 {
+    let mut n = 0u32;
+    for f in message
+        .mime_headers()
+        .iter()
+        .filter(|f| f.name.eq_ignore_ascii_case(header))
+    {
+        let mut v = field_value(f, raw);
+        v.push(b'\n');
+        n += m.count(&v, max - n, stats);
+        if n >= max {
+            break;
+        }
+    }
+    n
+}
+
+/// Hits of an `archive_filename` rule: names of files inside archives that match, at most
+/// `max`.
+fn archive_hits(names: &[String], m: &Matcher, max: u32, stats: &mut MatchStats) -> u32 {
+    let mut n = 0u32;
+    for name in names {
+        if m.count(name.as_bytes(), 1, stats) > 0 {
+            n += 1;
+            if n >= max {
+                break;
+            }
+        }
+    }
+    n
+}
+
+/// Hits of an attachment filename or type rule: attachments that match, at most `max`.
+fn attachment_hits(
+    message: &Message,
+    field: AttachField,
+    m: &Matcher,
+    max: u32,
+    stats: &mut MatchStats,
+) -> u32 {
+    let mut n = 0u32;
+    for a in message.attachments() {
+        let matched = match field {
+            AttachField::Filename => a
+                .filename
+                .as_deref()
+                .is_some_and(|f| m.count(f.as_bytes(), 1, stats) > 0),
+            AttachField::Type => {
+                m.count(a.declared_type.as_bytes(), 1, stats) > 0
+                    || a.sniffed_type
+                        .is_some_and(|t| m.count(t.as_bytes(), 1, stats) > 0)
+            }
+            AttachField::ArchiveFilename => false,
+        };
+        if matched {
+            n += 1;
+            if n >= max {
+                break;
+            }
+        }
+    }
+    n
+}
+
 impl RuleSet {
     /// Evaluates every rule on `message`. `preset`: symbols other checks decided (they count
     /// as hits, take part in meta rules and appear in the hits). `deadline`: no rule starts
@@ -353,14 +563,47 @@ impl RuleSet {
         archive_names: &[String],
         deadline: Option<Instant>,
     ) -> Evaluation {
-        let mut values = vec![0.0f64; self.names.len()];
-        let mut counts = vec![0u32; self.names.len()];
+        let mut run = Run {
+            message,
+            archive_names,
+            values: vec![0.0f64; self.names.len()],
+            counts: vec![0u32; self.names.len()],
+            stats: MatchStats::default(),
+            header_cache: vec![None; self.sources.len()],
+            present: Default::default(),
+        };
+        let mut hits = self.apply_preset(&mut run, preset);
+        let mut rules_run = 0;
+        let mut timed_out = self.run_keywords(&mut run, deadline);
+        if !timed_out {
+            rules_run += self.keyword_rules;
+        }
+        if !timed_out {
+            timed_out = self.run_tests(&mut run, deadline, &mut rules_run);
+        }
+        if !timed_out {
+            rules_run += self.run_metas(&mut run);
+        }
+        self.push_hits(&run, &mut hits);
+        hits.sort_by(|a, b| a.name.cmp(&b.name));
+        Evaluation {
+            hits,
+            timed_out,
+            rules_run,
+            regex_errors: run.stats.errors,
+            fancy_runs: run.stats.fancy_runs,
+        }
+    }
+
+    /// Sets the preset symbols that are rules of this set; returns hits for the others (not
+    /// `__` ones, each once), which score 0.
+    fn apply_preset(&self, run: &mut Run, preset: &[&str]) -> Vec<Hit> {
         let mut hits: Vec<Hit> = Vec::new();
         for &p in preset {
             match self.ids.get(p) {
                 Some(&id) => {
-                    values[id] = values[id].max(1.0);
-                    counts[id] = counts[id].max(1);
+                    run.values[id] = run.values[id].max(1.0);
+                    run.counts[id] = run.counts[id].max(1);
                 }
                 None => {
                     if !p.starts_with("__") && !hits.iter().any(|h| h.name == p) {
@@ -374,25 +617,18 @@ impl RuleSet {
                 }
             }
         }
-        let mut stats = MatchStats::default();
-        let mut rules_run = 0;
-        let mut timed_out = false;
-        let past = |d: Option<Instant>| d.is_some_and(|d| Instant::now() >= d);
+        hits
+    }
 
-        // keyword rules: one pass per view
+    /// Runs the keyword rules, one pass per view; returns whether the deadline stopped it.
+    fn run_keywords(&self, run: &mut Run, deadline: Option<Instant>) -> bool {
+        let message = run.message;
         for (target, set) in &self.keyword_sets {
             if past(deadline) {
-                timed_out = true;
-                break;
+                return true;
             }
-            let mut seen = |slot: usize| {
-                if let Some(c) = counts.get_mut(slot)
-                    && *c == 0
-                {
-                    *c = 1;
-                    values[slot] = values[slot].max(1.0);
-                }
-            };
+            let (values, counts) = (&mut run.values, &mut run.counts);
+            let mut seen = |slot: usize| Run::keyword_seen(values, counts, slot);
             match target {
                 KeywordTarget::View(KeywordView::Body) => set.scan(message.body(), &mut seen),
                 KeywordTarget::View(KeywordView::Subject) => {
@@ -412,178 +648,49 @@ impl RuleSet {
                 }
             }
         }
-        if !timed_out {
-            rules_run += self.keyword_rules;
-        }
+        false
+    }
 
-        let mut header_cache: Vec<Option<Option<Vec<u8>>>> = vec![None; self.sources.len()];
-        let mut present: [Option<Vec<bool>>; super::LITERAL_VIEWS] = Default::default();
+    /// Runs the regex, exists and attachment tests in order, counting them in `rules_run`;
+    /// returns whether the deadline stopped it.
+    fn run_tests(&self, run: &mut Run, deadline: Option<Instant>, rules_run: &mut usize) -> bool {
         for test in &self.tests {
-            if timed_out || past(deadline) {
-                timed_out = true;
-                break;
+            if past(deadline) {
+                return true;
             }
-            rules_run += 1;
-            let max = test.max;
-            if let Some(ids) = &test.literals {
-                let view = match test.kind {
-                    TestKind::Body(_) => 0,
-                    TestKind::RawBody(_) => 1,
-                    _ => 2,
-                };
-                if let Some(index) = &self.literal_index[view] {
-                    let seen = present[view].get_or_insert_with(|| {
-                        index.present(match view {
-                            0 => message.body(),
-                            1 => message.rawbody(),
-                            _ => message.raw(),
-                        })
-                    });
-                    if !ids.iter().any(|&i| seen.get(i).copied().unwrap_or(true)) {
-                        continue;
-                    }
-                }
-            }
-            let n = match &test.kind {
-                TestKind::Header {
-                    src,
-                    neg,
-                    if_unset,
-                    m,
-                } => {
-                    let cached = match header_cache.get_mut(*src) {
-                        Some(slot) => slot.get_or_insert_with(|| {
-                            self.sources
-                                .get(*src)
-                                .and_then(|s| header_value(message, s))
-                        }),
-                        None => continue,
-                    };
-                    let text: &[u8] = match (cached.as_deref(), if_unset) {
-                        (Some(v), _) => v,
-                        (None, Some(u)) => u,
-                        (None, None) => b"",
-                    };
-                    if *neg {
-                        u32::from(m.count(text, 1, &mut stats) == 0)
-                    } else {
-                        m.count(text, max, &mut stats)
-                    }
-                }
-                TestKind::Exists { header } => u32::from(header_exists(message, header)),
-                TestKind::Body(m) => {
-                    let mut body = message.body();
-                    // The first line is the Subject when there is one (SpamAssassin makes
-                    // it an empty line otherwise, which matters to no rule).
-                    let has_subject = message
-                        .header_fields("Subject")
-                        .next()
-                        .is_some_and(|s| !s.decoded.is_empty());
-                    if test.nosubject && has_subject {
-                        body = match memchr::memchr(b'\n', body) {
-                            Some(i) => &body[i + 1..],
-                            None => b"",
-                        };
-                    }
-                    m.count_unfiltered(body, max, &mut stats)
-                }
-                TestKind::RawBody(m) => m.count_unfiltered(message.rawbody(), max, &mut stats),
-                TestKind::Full(m) => m.count_unfiltered(message.raw(), max, &mut stats),
-                TestKind::Uri(m) => {
-                    let mut n = 0u32;
-                    for u in message.uris() {
-                        n += m.count(u.as_bytes(), max - n, &mut stats);
-                        if n >= max {
-                            break;
-                        }
-                    }
-                    n
-                }
-                TestKind::MimeHeader {
-                    header,
-                    raw,
-                    neg,
-                    m,
-                } => {
-                    let mut n = 0u32;
-                    for f in message
-                        .mime_headers()
-                        .iter()
-                        .filter(|f| f.name.eq_ignore_ascii_case(header))
-                    {
-                        let mut v = field_value(f, *raw);
-                        v.push(b'\n');
-                        n += m.count(&v, max - n, &mut stats);
-                        if n >= max {
-                            break;
-                        }
-                    }
-                    if *neg { u32::from(n == 0) } else { n }
-                }
-                TestKind::Attachment {
-                    field: AttachField::ArchiveFilename,
-                    m,
-                } => {
-                    let mut n = 0u32;
-                    for name in archive_names {
-                        if m.count(name.as_bytes(), 1, &mut stats) > 0 {
-                            n += 1;
-                            if n >= max {
-                                break;
-                            }
-                        }
-                    }
-                    n
-                }
-                TestKind::Attachment { field, m } => {
-                    let mut n = 0u32;
-                    for a in message.attachments() {
-                        let matched = match field {
-                            AttachField::Filename => a
-                                .filename
-                                .as_deref()
-                                .is_some_and(|f| m.count(f.as_bytes(), 1, &mut stats) > 0),
-                            AttachField::Type => {
-                                m.count(a.declared_type.as_bytes(), 1, &mut stats) > 0
-                                    || a.sniffed_type
-                                        .is_some_and(|t| m.count(t.as_bytes(), 1, &mut stats) > 0)
-                            }
-                            AttachField::ArchiveFilename => false,
-                        };
-                        if matched {
-                            n += 1;
-                            if n >= max {
-                                break;
-                            }
-                        }
-                    }
-                    n
-                }
+            *rules_run += 1;
+            let Some(n) = run.test_hits(self, test) else {
+                continue;
             };
             if n > 0
-                && let Some(c) = counts.get_mut(test.id)
+                && let Some(c) = run.counts.get_mut(test.id)
             {
                 *c = c.saturating_add(n);
-                values[test.id] = f64::from(*c);
+                run.values[test.id] = f64::from(*c);
             }
         }
+        false
+    }
 
-        if !timed_out {
-            for m in &self.metas {
-                rules_run += 1;
-                let v = meta::eval(&m.expr, &values);
-                if v != 0.0 && !v.is_nan() {
-                    let v = if v > 0.0 { v } else { 1.0 };
-                    values[m.id] = v;
-                    counts[m.id] = 1;
-                } else {
-                    values[m.id] = 0.0;
-                    counts[m.id] = 0;
-                }
+    /// Runs the meta rules in dependency order; returns how many ran.
+    fn run_metas(&self, run: &mut Run) -> usize {
+        for m in &self.metas {
+            let v = meta::eval(&m.expr, &run.values);
+            if v != 0.0 && !v.is_nan() {
+                let v = if v > 0.0 { v } else { 1.0 };
+                run.values[m.id] = v;
+                run.counts[m.id] = 1;
+            } else {
+                run.values[m.id] = 0.0;
+                run.counts[m.id] = 0;
             }
         }
+        self.metas.len()
+    }
 
-        for (id, &count) in counts.iter().enumerate() {
+    /// Adds a hit for every rule (not `__`) with a count, scored by its count if `multiple`.
+    fn push_hits(&self, run: &Run, hits: &mut Vec<Hit>) {
+        for (id, &count) in run.counts.iter().enumerate() {
             if count == 0 {
                 continue;
             }
@@ -602,14 +709,6 @@ impl RuleSet {
                 description: self.descriptions.get(name).cloned().unwrap_or_default(),
                 count,
             });
-        }
-        hits.sort_by(|a, b| a.name.cmp(&b.name));
-        Evaluation {
-            hits,
-            timed_out,
-            rules_run,
-            regex_errors: stats.errors,
-            fancy_runs: stats.fancy_runs,
         }
     }
 }

@@ -563,6 +563,29 @@ fn plugin_provided(name: &str, plugins: &HashSet<String>) -> bool {
     plugins.contains(short_plugin(name))
 }
 
+/// Whether `key` is a directive of a SpamAssassin plugin mailwarden does not run.
+fn is_plugin_directive(key: &str) -> bool {
+    const PREFIXES: &[&str] = &[
+        "bayes_",
+        "use_",
+        "txrep_",
+        "auto_whitelist",
+        "auto_welcomelist",
+        "dcc_",
+        "pyzor_",
+        "razor_",
+        "dkim_",
+        "spf_",
+        "dmarc_",
+        "asn_",
+        "uridnsbl_",
+        "askdns_",
+        "hashbl_",
+        "textcat_",
+    ];
+    PLUGIN_DIRECTIVES.contains(&key) || PREFIXES.iter().any(|p| key.starts_with(p))
+}
+
 struct Cx<'a> {
     file: &'a Arc<PathBuf>,
     line: usize,
@@ -646,148 +669,21 @@ impl Cx<'_> {
         }
     }
 
+    /// Handles one directive: records rule-name mentions, then dispatches on `key`.
     fn directive(&mut self, key: &str, value: &[u8], dir: &Path) {
-        if let Some(&directive) = ["score", "describe", "tflags", "action"]
-            .iter()
-            .find(|d| **d == key)
-        {
-            let name = String::from_utf8_lossy(split_word(value).0);
-            if is_rule_name(&name) {
-                let loc = self.loc();
-                self.defs.mentions.push(Mention {
-                    name: name.into_owned(),
-                    directive,
-                    loc,
-                });
-            }
-        }
+        self.record_mention(key, value);
         match key {
             "header" => self.header_rule(value),
-            "body" | "rawbody" | "uri" | "full" => {
-                let Some((name, rest)) = self.name_and_rest(key, value) else {
-                    return;
-                };
-                if !self.need_rest(key, &name, rest) {
-                    return;
-                }
-                if rest.starts_with(b"eval:") {
-                    self.skipped_rule(&name, "eval test", key, rest);
-                    return;
-                }
-                let Some(re) = self.delimited(&name, rest) else {
-                    return;
-                };
-                let kind = match key {
-                    "body" => RuleKind::Body(re),
-                    "rawbody" => RuleKind::RawBody(re),
-                    "uri" => RuleKind::Uri(re),
-                    _ => RuleKind::Full(re),
-                };
-                self.define(&name, kind);
-            }
+            "body" | "rawbody" | "uri" | "full" => self.regex_rule(key, value),
             "mimeheader" => self.mimeheader_rule(value),
-            "meta" => {
-                let Some((name, rest)) = self.name_and_rest(key, value) else {
-                    return;
-                };
-                if !self.need_rest(key, &name, rest) {
-                    return;
-                }
-                let expr = String::from_utf8_lossy(rest).into_owned();
-                self.define(&name, RuleKind::Meta(expr));
-            }
+            "meta" => self.meta_rule(value),
             "score" => self.score(value),
-            "describe" => {
-                let Some((name, rest)) = self.name_and_rest(key, value) else {
-                    return;
-                };
-                self.defs
-                    .describe
-                    .insert(name, String::from_utf8_lossy(rest).into_owned());
-            }
-            "tflags" => {
-                let Some((name, rest)) = self.name_and_rest(key, value) else {
-                    return;
-                };
-                self.defs
-                    .tflags
-                    .insert(name, String::from_utf8_lossy(rest).into_owned());
-            }
-            "action" => {
-                let Some((name, rest)) = self.name_and_rest(key, value) else {
-                    return;
-                };
-                use crate::config::Action;
-                let word = String::from_utf8_lossy(rest).trim().to_ascii_lowercase();
-                let action = match word.as_str() {
-                    "accept" => Action::Accept,
-                    "tag" => Action::Tag,
-                    "quarantine" => Action::Quarantine,
-                    "tempfail" => Action::Tempfail,
-                    "discard" => Action::Discard,
-                    "reject" => Action::Reject,
-                    _ => {
-                        return self.error(
-                            Some(&name),
-                            "syntax",
-                            format!(
-                                "action {name}: '{word}' is not one of accept, tag, quarantine, tempfail, discard, reject"
-                            ),
-                        );
-                    }
-                };
-                self.defs.actions.insert(name, action);
-            }
-            "priority" => {
-                let Some((name, rest)) = self.name_and_rest(key, value) else {
-                    return;
-                };
-                match std::str::from_utf8(rest)
-                    .ok()
-                    .and_then(|s| s.parse::<i32>().ok())
-                {
-                    Some(p) => {
-                        self.defs.priority.insert(name, p);
-                    }
-                    None => self.error(
-                        Some(&name),
-                        "syntax",
-                        format!(
-                            "priority {name}: '{}' is not an integer",
-                            String::from_utf8_lossy(rest)
-                        ),
-                    ),
-                }
-            }
-            "replace_start" | "replace_end" => {
-                if value.is_empty() {
-                    self.error(None, "syntax", format!("'{key}' needs a value"));
-                    return;
-                }
-                if key == "replace_start" {
-                    self.defs.replace_start = Some(value.to_vec());
-                } else {
-                    self.defs.replace_end = Some(value.to_vec());
-                }
-            }
+            "describe" | "tflags" => self.rule_text(key, value),
+            "action" => self.action(value),
+            "priority" => self.priority(value),
+            "replace_start" | "replace_end" => self.replace_delimiter(key, value),
             "replace_tag" | "replace_pre" | "replace_inter" | "replace_post" => {
-                let (tag, rest) = split_word(value);
-                if tag.is_empty() || rest.is_empty() {
-                    self.error(
-                        None,
-                        "syntax",
-                        format!("'{key}' needs a tag name and a value"),
-                    );
-                    return;
-                }
-                let tag = String::from_utf8_lossy(tag).into_owned();
-                let map = match key {
-                    "replace_tag" => &mut self.defs.replace_tag,
-                    "replace_pre" => &mut self.defs.replace_pre,
-                    "replace_inter" => &mut self.defs.replace_inter,
-                    _ => &mut self.defs.replace_post,
-                };
-                map.insert(tag, rest.to_vec());
+                self.replace_part(key, value)
             }
             "replace_rules" => {
                 for name in String::from_utf8_lossy(value).split_whitespace() {
@@ -796,51 +692,192 @@ impl Cx<'_> {
             }
             "keywords" => self.keywords_rule(value, dir),
             "attachment" => self.attachment_rule(value),
-            _ if PLUGIN_RULES.contains(&key) => {
-                let (name, _) = split_word(value);
-                let name = String::from_utf8_lossy(name).into_owned();
-                if is_rule_name(&name) {
-                    self.skipped_rule(&name, "plugin directive", key, value);
-                } else {
-                    self.skip(None, "plugin directive", format!("'{key}' not implemented"));
-                }
-            }
-            _ if PLUGIN_DIRECTIVES.contains(&key)
-                || key.starts_with("bayes_")
-                || key.starts_with("use_")
-                || key.starts_with("txrep_")
-                || key.starts_with("auto_whitelist")
-                || key.starts_with("auto_welcomelist")
-                || key.starts_with("dcc_")
-                || key.starts_with("pyzor_")
-                || key.starts_with("razor_")
-                || key.starts_with("dkim_")
-                || key.starts_with("spf_")
-                || key.starts_with("dmarc_")
-                || key.starts_with("asn_")
-                || key.starts_with("uridnsbl_")
-                || key.starts_with("askdns_")
-                || key.starts_with("hashbl_")
-                || key.starts_with("textcat_") =>
-            {
-                self.skip(
-                    None,
-                    "plugin directive",
-                    format!("'{key}' belongs to a SpamAssassin plugin mailwarden does not run"),
+            _ => self.not_run(key, value),
+        }
+    }
+
+    /// Records where `score`, `describe`, `tflags` and `action` name a rule (for the
+    /// undefined-name lint).
+    fn record_mention(&mut self, key: &str, value: &[u8]) {
+        let Some(&directive) = ["score", "describe", "tflags", "action"]
+            .iter()
+            .find(|d| **d == key)
+        else {
+            return;
+        };
+        let name = String::from_utf8_lossy(split_word(value).0);
+        if is_rule_name(&name) {
+            let loc = self.loc();
+            self.defs.mentions.push(Mention {
+                name: name.into_owned(),
+                directive,
+                loc,
+            });
+        }
+    }
+
+    /// `body`, `rawbody`, `uri` or `full NAME /re/flags` (an `eval:` test is skipped).
+    fn regex_rule(&mut self, key: &str, value: &[u8]) {
+        let Some((name, rest)) = self.name_and_rest(key, value) else {
+            return;
+        };
+        if !self.need_rest(key, &name, rest) {
+            return;
+        }
+        if rest.starts_with(b"eval:") {
+            self.skipped_rule(&name, "eval test", key, rest);
+            return;
+        }
+        let Some(re) = self.delimited(&name, rest) else {
+            return;
+        };
+        let kind = match key {
+            "body" => RuleKind::Body(re),
+            "rawbody" => RuleKind::RawBody(re),
+            "uri" => RuleKind::Uri(re),
+            _ => RuleKind::Full(re),
+        };
+        self.define(&name, kind);
+    }
+
+    /// `meta NAME expression` (the expression is parsed when the rule set is built).
+    fn meta_rule(&mut self, value: &[u8]) {
+        let Some((name, rest)) = self.name_and_rest("meta", value) else {
+            return;
+        };
+        if !self.need_rest("meta", &name, rest) {
+            return;
+        }
+        let expr = String::from_utf8_lossy(rest).into_owned();
+        self.define(&name, RuleKind::Meta(expr));
+    }
+
+    /// `describe NAME text` or `tflags NAME flags`: text kept per rule name.
+    fn rule_text(&mut self, key: &str, value: &[u8]) {
+        let Some((name, rest)) = self.name_and_rest(key, value) else {
+            return;
+        };
+        let map = if key == "describe" {
+            &mut self.defs.describe
+        } else {
+            &mut self.defs.tflags
+        };
+        map.insert(name, String::from_utf8_lossy(rest).into_owned());
+    }
+
+    /// `action NAME accept|tag|quarantine|tempfail|discard|reject` (a mailwarden extension).
+    fn action(&mut self, value: &[u8]) {
+        let Some((name, rest)) = self.name_and_rest("action", value) else {
+            return;
+        };
+        use crate::config::Action;
+        let word = String::from_utf8_lossy(rest).trim().to_ascii_lowercase();
+        let action = match word.as_str() {
+            "accept" => Action::Accept,
+            "tag" => Action::Tag,
+            "quarantine" => Action::Quarantine,
+            "tempfail" => Action::Tempfail,
+            "discard" => Action::Discard,
+            "reject" => Action::Reject,
+            _ => {
+                return self.error(
+                    Some(&name),
+                    "syntax",
+                    format!(
+                        "action {name}: '{word}' is not one of accept, tag, quarantine, tempfail, discard, reject"
+                    ),
                 );
             }
-            _ if SETTINGS.contains(&key) => {
-                self.skip(
-                    None,
-                    "setting ignored",
-                    format!("'{key}' is a SpamAssassin setting mailwarden ignores"),
-                );
+        };
+        self.defs.actions.insert(name, action);
+    }
+
+    /// `priority NAME integer`.
+    fn priority(&mut self, value: &[u8]) {
+        let Some((name, rest)) = self.name_and_rest("priority", value) else {
+            return;
+        };
+        match std::str::from_utf8(rest)
+            .ok()
+            .and_then(|s| s.parse::<i32>().ok())
+        {
+            Some(p) => {
+                self.defs.priority.insert(name, p);
             }
-            _ => self.skip(
+            None => self.error(
+                Some(&name),
+                "syntax",
+                format!(
+                    "priority {name}: '{}' is not an integer",
+                    String::from_utf8_lossy(rest)
+                ),
+            ),
+        }
+    }
+
+    /// `replace_start` or `replace_end VALUE`: the ReplaceTags placeholder delimiters.
+    fn replace_delimiter(&mut self, key: &str, value: &[u8]) {
+        if value.is_empty() {
+            self.error(None, "syntax", format!("'{key}' needs a value"));
+            return;
+        }
+        if key == "replace_start" {
+            self.defs.replace_start = Some(value.to_vec());
+        } else {
+            self.defs.replace_end = Some(value.to_vec());
+        }
+    }
+
+    /// `replace_tag`, `replace_pre`, `replace_inter` or `replace_post TAG VALUE`.
+    fn replace_part(&mut self, key: &str, value: &[u8]) {
+        let (tag, rest) = split_word(value);
+        if tag.is_empty() || rest.is_empty() {
+            self.error(
+                None,
+                "syntax",
+                format!("'{key}' needs a tag name and a value"),
+            );
+            return;
+        }
+        let tag = String::from_utf8_lossy(tag).into_owned();
+        let map = match key {
+            "replace_tag" => &mut self.defs.replace_tag,
+            "replace_pre" => &mut self.defs.replace_pre,
+            "replace_inter" => &mut self.defs.replace_inter,
+            _ => &mut self.defs.replace_post,
+        };
+        map.insert(tag, rest.to_vec());
+    }
+
+    /// A directive mailwarden does not run: a plugin's rule (skipped under its name), a
+    /// plugin's directive, an ignored setting, or an unknown directive.
+    fn not_run(&mut self, key: &str, value: &[u8]) {
+        if PLUGIN_RULES.contains(&key) {
+            let (name, _) = split_word(value);
+            let name = String::from_utf8_lossy(name).into_owned();
+            if is_rule_name(&name) {
+                self.skipped_rule(&name, "plugin directive", key, value);
+            } else {
+                self.skip(None, "plugin directive", format!("'{key}' not implemented"));
+            }
+        } else if is_plugin_directive(key) {
+            self.skip(
+                None,
+                "plugin directive",
+                format!("'{key}' belongs to a SpamAssassin plugin mailwarden does not run"),
+            );
+        } else if SETTINGS.contains(&key) {
+            self.skip(
+                None,
+                "setting ignored",
+                format!("'{key}' is a SpamAssassin setting mailwarden ignores"),
+            );
+        } else {
+            self.skip(
                 None,
                 "unknown directive",
                 format!("unknown directive '{key}'"),
-            ),
+            );
         }
     }
 
