@@ -148,13 +148,62 @@ impl Listener {
             Socket::Tcp(l) => {
                 let (stream, peer) = l.accept().await?;
                 let _ = stream.set_nodelay(true);
-                Ok((Box::new(stream), peer.to_string()))
+                Ok((Box::new(QuickAck(stream)), peer.to_string()))
             }
             Socket::Unix(l, path) => {
                 let (stream, _) = l.accept().await?;
                 Ok((Box::new(stream), format!("unix:{}", path.display())))
             }
         }
+    }
+}
+
+/// A TCP milter connection that acknowledges what it reads at once.
+///
+/// The MTA writes packets we do not answer (macros before each command, headers and body
+/// chunks negotiated as no-reply) right behind one another. With Nagle's algorithm on the
+/// MTA's socket (Postfix does not turn it off) the second small write waits for the ACK of the
+/// first, and Linux delays that ACK up to 40 ms when we have nothing to send back: measured,
+/// that was +43 ms at every end of data. TCP_QUICKACK is not sticky, so it is set again after
+/// each read. Linux only; elsewhere the stream is used as it is.
+struct QuickAck(tokio::net::TcpStream);
+
+impl AsyncRead for QuickAck {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let polled = std::pin::Pin::new(&mut self.0).poll_read(cx, buf);
+        #[cfg(target_os = "linux")]
+        if polled.is_ready() {
+            let _ = socket2::SockRef::from(&self.0).set_tcp_quickack(true);
+        }
+        polled
+    }
+}
+
+impl AsyncWrite for QuickAck {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_shutdown(cx)
     }
 }
 
