@@ -139,7 +139,7 @@ impl Filter {
         let ctx = self.scan_context(input, &checks);
         let engine = self.engine();
         let budget = Duration::from_millis(self.rules_config.scan_timeout_ms);
-        // Parsed already, or (when that task failed) parsed in the scan task: never here.
+        // Parsed already (for the URI block lists), or parsed in the scan task: never here.
         let parsed = parsed.ok_or_else(|| message.to_vec());
         let _slot = self.scan_slots.acquire().await;
         let scan = tokio::task::spawn_blocking(move || {
@@ -194,7 +194,15 @@ impl Filter {
                 _ => None,
             }
         };
-        let parse_fut = self.parse_and_check_links(&input.id, message);
+        // Without URI block lists nothing needs the parse before the rules: the scan task
+        // parses, one hand-off to the blocking pool instead of two.
+        let parse_fut = async {
+            if self.uribl.is_some() {
+                self.parse_and_check_links(&input.id, message).await
+            } else {
+                (None, None)
+            }
+        };
         // clamd gets the message as it will be relayed, at the same time.
         let av_fut = async {
             match &self.clamav {
