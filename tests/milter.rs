@@ -241,7 +241,10 @@ fn mailwarden_stopped_means_postfix_tempfails() {
     // fails at CONNECT, EHLO or MAIL): the first reply that is not positive.
     let mut c = SmtpClient::connect_greeted(pf.addr());
     let mut r = c.cmd("EHLO client.example.test");
-    for next in ["MAIL FROM:<alice@example.test>", "RCPT TO:<user@example.org>"] {
+    for next in [
+        "MAIL FROM:<alice@example.test>",
+        "RCPT TO:<user@example.org>",
+    ] {
         if r.code != 250 {
             break;
         }
@@ -302,4 +305,18 @@ fn a_hundred_concurrent_sessions() {
         .filter(|l| l.contains("message relayed") || l.contains("action=accept"))
         .count();
     assert!(judged >= 100, "every message judged:\n{}", mw.log());
+    let (_, metrics) = mw.http_get("/metrics");
+    let value = |series: &str| {
+        metrics
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix(series)
+                    .and_then(|v| v.trim().parse::<f64>().ok())
+            })
+            .unwrap_or(-1.0)
+    };
+    assert!(
+        value("mailwarden_milter_sessions_total") >= 100.0,
+        "one milter session per SMTP session:\n{metrics}"
+    );
 }

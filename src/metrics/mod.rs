@@ -32,6 +32,9 @@ pub struct Metrics {
     pub connections_accepted: IntCounter,
     pub connections_refused: IntCounterVec,
     pub sessions_active: IntGauge,
+    /// Milter connections from the MTA (one per SMTP session there): started, open now.
+    pub milter_sessions: IntCounter,
+    pub milter_sessions_active: IntGauge,
     pub tls_handshakes: IntCounterVec,
     pub commands_rejected: IntCounterVec,
     // Messages.
@@ -191,6 +194,8 @@ struct SessionMetrics {
     connections_accepted: IntCounter,
     connections_refused: IntCounterVec,
     sessions_active: IntGauge,
+    milter_sessions: IntCounter,
+    milter_sessions_active: IntGauge,
     tls_handshakes: IntCounterVec,
     commands_rejected: IntCounterVec,
 }
@@ -208,6 +213,14 @@ fn session_metrics(r: &mut Registrar) -> SessionMetrics {
             &["reason"],
         ),
         sessions_active: r.gauge("mailwarden_sessions_active", "Client sessions open now."),
+        milter_sessions: r.counter(
+            "mailwarden_milter_sessions_total",
+            "SMTP sessions the MTA told the milter about (one per client connection there).",
+        ),
+        milter_sessions_active: r.gauge(
+            "mailwarden_milter_sessions_active",
+            "Milter sessions open now.",
+        ),
         tls_handshakes: r.counter_vec(
             "mailwarden_tls_handshakes_total",
             "STARTTLS handshakes with clients, by result (ok, failed).",
@@ -562,6 +575,8 @@ impl Metrics {
             connections_accepted,
             connections_refused,
             sessions_active,
+            milter_sessions,
+            milter_sessions_active,
             tls_handshakes,
             commands_rejected,
         } = session_metrics(&mut r);
@@ -618,6 +633,8 @@ impl Metrics {
             connections_accepted,
             connections_refused,
             sessions_active,
+            milter_sessions,
+            milter_sessions_active,
             tls_handshakes,
             commands_rejected,
             messages,

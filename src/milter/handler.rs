@@ -177,6 +177,9 @@ impl PipelineHandler {
 
 impl Handler for PipelineHandler {
     async fn connect(&self, conn: &Connection) -> Decision {
+        let m = crate::metrics::metrics();
+        m.milter_sessions.inc();
+        m.milter_sessions_active.inc();
         self.stage(Stage::Connect, conn, None, None).await
     }
 
@@ -248,7 +251,9 @@ impl Handler for PipelineHandler {
         });
     }
 
-    fn close(&self, _conn: &Connection) {}
+    fn close(&self, _conn: &Connection) {
+        crate::metrics::metrics().milter_sessions_active.dec();
+    }
 }
 
 #[cfg(test)]
