@@ -114,18 +114,21 @@ impl Filter {
         } else {
             None
         };
-        // The block lists use the sender checks' resolver when they run (one cache), else
-        // one of their own.
-        let resolver = if config.dnsbl.is_empty() && config.uribl.is_empty() {
-            None
-        } else {
-            Some(match &auth {
-                Some(a) => a.resolver().clone(),
-                None => auth::build_resolver(&config.dns)
-                    .map_err(|e| vec![e])?
-                    .resolver()
-                    .clone(),
-            })
+        // One resolver (one cache) for the sender checks, the block lists and the client
+        // names: the sender checks' when they run.
+        let lists = !config.dnsbl.is_empty() || !config.uribl.is_empty();
+        let resolver = match &auth {
+            Some(a) => Some(a.resolver().clone()),
+            None if lists || config.dns.reverse_lookup => match auth::build_resolver(&config.dns) {
+                Ok(a) => Some(a.resolver().clone()),
+                // The block lists cannot run without one; the client names can (unknown).
+                Err(e) if lists => return Err(vec![e]),
+                Err(e) => {
+                    tracing::warn!(error = %e, "client host names are not looked up (set [dns] nameservers, or [dns] reverse_lookup = false to silence this)");
+                    None
+                }
+            },
+            None => None,
         };
         let timeout = auth::lookup_timeout(&config.dns);
         let dnsbl = match &resolver {
@@ -149,23 +152,10 @@ impl Filter {
         let clamav =
             clamav::Scanner::load(&config.clamav, quarantine.is_some()).map_err(|e| vec![e])?;
         let mut envelope_checks: Vec<Box<dyn EnvelopeCheck>> = Vec::new();
-        if config.dns.reverse_lookup {
-            let resolver = match &resolver {
-                Some(r) => Some(r.clone()),
-                None => match &auth {
-                    Some(a) => Some(a.resolver().clone()),
-                    None => match auth::build_resolver(&config.dns) {
-                        Ok(a) => Some(a.resolver().clone()),
-                        Err(e) => {
-                            tracing::warn!(error = %e, "client host names are not looked up (set [dns] nameservers, or [dns] reverse_lookup = false to silence this)");
-                            None
-                        }
-                    },
-                },
-            };
-            if let Some(resolver) = resolver {
-                envelope_checks.push(Box::new(rdns::Rdns::new(resolver, timeout)));
-            }
+        if config.dns.reverse_lookup
+            && let Some(resolver) = &resolver
+        {
+            envelope_checks.push(Box::new(rdns::Rdns::new(resolver.clone(), timeout)));
         }
         Ok(Filter {
             engine: ArcSwap::from_pointee(engine),
