@@ -24,7 +24,8 @@ use super::headers::{self, HeaderEdits, SPAM_HEADERS};
 use super::message::Message;
 use super::rdns::ClientNames;
 use super::record::{self, Findings, Timings};
-use super::{Filter, clamav, uribl};
+use super::uribl::{self, Uribl};
+use super::{Filter, clamav};
 use crate::config::Action as PolicyAction;
 use crate::envelope::Envelope;
 use crate::smtp::reply::{self, Reply};
@@ -197,10 +198,9 @@ impl Filter {
         // Without URI block lists nothing needs the parse before the rules: the scan task
         // parses, one hand-off to the blocking pool instead of two.
         let parse_fut = async {
-            if self.uribl.is_some() {
-                self.parse_and_check_links(&input.id, message).await
-            } else {
-                (None, None)
+            match &self.uribl {
+                Some(u) => self.parse_and_check_links(u, &input.id, message).await,
+                None => (None, None),
             }
         };
         // clamd gets the message as it will be relayed, at the same time.
@@ -240,6 +240,7 @@ impl Filter {
     #[allow(clippy::type_complexity)]
     async fn parse_and_check_links(
         &self,
+        uribl: &Uribl,
         id: &str,
         message: &[u8],
     ) -> (
@@ -247,24 +248,18 @@ impl Filter {
         Option<(Vec<ListHit>, Duration)>,
     ) {
         let raw = message.to_vec();
-        let want_links = self.uribl.is_some();
         let parsed = tokio::task::spawn_blocking(move || {
             let (parsed, took) = timed_sync(|| Message::parse(raw));
-            let domains = if want_links {
-                uribl::domains(parsed.uris())
-            } else {
-                Vec::new()
-            };
+            let domains = uribl::domains(parsed.uris());
             (parsed, took, domains)
         })
         .await;
-        match (parsed, &self.uribl) {
-            (Ok((parsed, took, domains)), Some(u)) => {
-                let (hits, dns) = timed(u.check(&domains)).await;
+        match parsed {
+            Ok((parsed, took, domains)) => {
+                let (hits, dns) = timed(uribl.check(&domains)).await;
                 (Some((parsed, took)), Some((hits, dns)))
             }
-            (Ok((parsed, took, _)), None) => (Some((parsed, took)), None),
-            (Err(e), _) => {
+            Err(e) => {
                 tracing::warn!(id = %id, error = %e, "message parse failed; links not checked, the scan parses again");
                 (None, None)
             }
@@ -286,11 +281,7 @@ impl Filter {
             ctx.preset = a.symbols.clone();
         }
         // A trusted relay's names say nothing about the sender.
-        let trusted = self
-            .auth
-            .as_ref()
-            .zip(input.ip)
-            .is_some_and(|(a, ip)| a.is_trusted(ip));
+        let trusted = self.is_trusted(input.ip);
         ctx.client_names = input.client_names.clone().filter(|_| !trusted);
         ctx.add_list_hits(&checks.dnsbl);
         ctx.add_list_hits(&checks.uribl);
@@ -421,6 +412,14 @@ impl Filter {
         text
     }
 
+    /// Whether the client is in `[auth] trusted_networks` (a relay of ours, not the sender).
+    fn is_trusted(&self, ip: Option<IpAddr>) -> bool {
+        self.auth
+            .as_ref()
+            .zip(ip)
+            .is_some_and(|(a, ip)| a.is_trusted(ip))
+    }
+
     /// What the sender authentication results demand, stricter than the score's decision
     /// or not: (action, reply for a refusal, reason). Allowlisted mail is exempt.
     fn auth_policy(
@@ -429,11 +428,7 @@ impl Filter {
         ip: Option<IpAddr>,
     ) -> Option<(PolicyAction, Option<Reply>, String)> {
         let cfg = &self.auth_config;
-        let trusted = self
-            .auth
-            .as_ref()
-            .zip(ip)
-            .is_some_and(|(a, ip)| a.is_trusted(ip));
+        let trusted = self.is_trusted(ip);
         if cfg.tempfail_on_dns_error && (auth.spf_temperror || auth.dmarc_temperror) {
             let (enhanced, what) = if auth.spf_temperror {
                 ("4.7.24", "SPF")
