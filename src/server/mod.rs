@@ -294,13 +294,16 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         state: Mutex::new((0, HashMap::new())),
     });
     let mut accept_tasks = Vec::new();
-    for listener in listeners.into_iter().zip(services.proxy.iter().cycle()) {
-        let (listener, services) = (listener.0, listener.1.clone());
-        let limits = limits.clone();
-        let shutdown = shutdown_rx.clone();
-        accept_tasks.push(tokio::spawn(accept_loop(
-            listener, services, limits, shutdown,
-        )));
+    // The proxy's services exist exactly when `[server] listen` names addresses.
+    if let Some(proxy) = &services.proxy {
+        for listener in listeners {
+            accept_tasks.push(tokio::spawn(accept_loop(
+                listener,
+                proxy.clone(),
+                limits.clone(),
+                shutdown_rx.clone(),
+            )));
+        }
     }
     signals.wait().await;
     let grace = services.config.server.shutdown_grace.0;
@@ -360,13 +363,15 @@ async fn start_milters(
         let listener = crate::milter::bind(address).await.with_context(|| {
             format!("milter.listen: cannot listen on {address} (another milter on that port, or a directory Postfix cannot reach? choose another address in milter.listen)")
         })?;
-        let shown = postfix_name(address, &listener);
-        tracing::info!(
-            "milter listening on {} (Postfix: smtpd_milters = {shown})",
-            shown
-                .trim_start_matches("inet:")
-                .trim_start_matches("unix:")
-        );
+        // The bound address (port 0 picks one), and how Postfix's smtpd_milters names it.
+        let (bound, postfix) = match listener.local_addr() {
+            Some(addr) => (addr.to_string(), format!("inet:{addr}")),
+            None => (
+                address.trim_start_matches("unix:").to_string(),
+                address.clone(),
+            ),
+        };
+        tracing::info!("milter listening on {bound} (Postfix: smtpd_milters = {postfix})");
         let settings = crate::milter::Settings {
             progress_interval: config.milter.progress_interval(),
             max_message_size: config.server.max_message_size,
@@ -384,14 +389,6 @@ async fn start_milters(
         )));
     }
     Ok(tasks)
-}
-
-/// How Postfix names a milter address: `inet:host:port` or `unix:/path`.
-fn postfix_name(address: &str, listener: &crate::milter::Listener) -> String {
-    match listener.local_addr() {
-        Some(addr) => format!("inet:{addr}"),
-        None => address.to_string(),
-    }
 }
 
 /// Tells the admin at start-up if the upstream cannot be reached (not fatal: the MTA may
