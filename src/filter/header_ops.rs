@@ -234,16 +234,8 @@ pub fn apply(message: &[u8], ops: &[HeaderOp]) -> Vec<u8> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::headers::tests::edits;
     use super::*;
-
-    fn edits(remove: &[&str], add: &[&str], prefix: Option<&str>) -> HeaderEdits {
-        HeaderEdits {
-            remove: remove.iter().map(|s| s.to_string()).collect(),
-            add: add.iter().map(|s| s.to_string()).collect(),
-            subject_prefix: prefix.map(str::to_string),
-            remove_auth_results_for: None,
-        }
-    }
 
     #[test]
     fn plan_names_occurrences_highest_first_then_inserts_on_top() {

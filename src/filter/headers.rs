@@ -82,15 +82,22 @@ pub fn spam_headers(decision: &Decision, hits: &[&str]) -> Vec<String> {
 
 /// Applies `edits` to a message (CRLF or LF line endings) and returns the new message: the
 /// operations [`plan`](super::header_ops::plan) makes of them, carried out as the MTA would.
+/// (The front ends use the operations themselves; this states the edits' meaning for tests.)
+#[cfg(test)]
 pub fn apply(message: &[u8], edits: &HeaderEdits) -> Vec<u8> {
     super::header_ops::apply(message, &super::header_ops::plan(message, edits))
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
-    fn edits(remove: &[&str], add: &[&str], prefix: Option<&str>) -> HeaderEdits {
+    /// Edits for tests: names to remove, fields to add on top, a subject prefix.
+    pub(in crate::filter) fn edits(
+        remove: &[&str],
+        add: &[&str],
+        prefix: Option<&str>,
+    ) -> HeaderEdits {
         HeaderEdits {
             remove: remove.iter().map(|s| s.to_string()).collect(),
             add: add.iter().map(|s| s.to_string()).collect(),
