@@ -30,6 +30,21 @@ pub struct ClientInfo {
 }
 
 impl ClientInfo {
+    /// A client that has just connected from `addr` to our `local` address: nothing said yet,
+    /// no TLS, names not looked up.
+    pub fn connected(addr: SocketAddr, local: SocketAddr) -> ClientInfo {
+        ClientInfo {
+            addr,
+            local,
+            helo: None,
+            esmtp: false,
+            tls: None,
+            name: None,
+            reverse_name: None,
+            names_temporary: false,
+        }
+    }
+
     /// Records the outcome of the connect-time name lookup.
     pub fn set_names(&mut self, names: ClientNames) {
         self.name = names.name;
@@ -95,14 +110,12 @@ impl Envelope {
         Envelope {
             id: id.into(),
             client: ClientInfo {
-                addr: SocketAddr::from(([192, 0, 2, 7], 40000)),
-                local: SocketAddr::from(([127, 0, 0, 1], 25)),
                 helo: Some("client.example".into()),
                 esmtp: true,
-                tls: None,
-                name: None,
-                reverse_name: None,
-                names_temporary: false,
+                ..ClientInfo::connected(
+                    SocketAddr::from(([192, 0, 2, 7], 40000)),
+                    SocketAddr::from(([127, 0, 0, 1], 25)),
+                )
             },
             mail_from: MailFrom {
                 address: "a@example.test".into(),

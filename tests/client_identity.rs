@@ -246,14 +246,12 @@ fn postfix_rcpt_reply(postfix: &Postfix, helo: &str, names: ClientNames) -> Stri
         data_timeout: Duration::from_secs(10),
     });
     let mut client = ClientInfo {
-        addr: "192.0.2.7:40000".parse().expect("addr"),
-        local: "127.0.0.1:25".parse().expect("addr"),
         helo: Some(helo.into()),
         esmtp: true,
-        tls: None,
-        name: None,
-        reverse_name: None,
-        names_temporary: false,
+        ..ClientInfo::connected(
+            "192.0.2.7:40000".parse().expect("addr"),
+            "127.0.0.1:25".parse().expect("addr"),
+        )
     };
     client.set_names(names);
     let rt = tokio::runtime::Builder::new_current_thread()

@@ -45,11 +45,10 @@ fn known(name: Option<&str>) -> Option<String> {
 /// The client as the filter knows it, from what the MTA told us. Mail submitted locally
 /// (Postfix `sendmail`, `non_smtpd_milters`) has no client address: it is 127.0.0.1.
 fn client_info(conn: &Connection) -> ClientInfo {
-    let ip = conn.client_ip.unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
-    let ip = match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-        v4 => v4,
-    };
+    let ip = conn
+        .client_ip
+        .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST))
+        .to_canonical();
     let m = &conn.macros;
     ClientInfo {
         addr: SocketAddr::new(ip, conn.client_port),
@@ -148,9 +147,11 @@ impl PipelineHandler {
         let mut client = client_info(conn);
         let mail = tx.map(mail_from);
         let rcpt = rcpt.map(rcpt_to);
-        let recipients: Vec<RcptTo> = tx
-            .map(|t| t.rcpts.iter().map(|r| rcpt_to(r)).collect())
-            .unwrap_or_default();
+        // The recipients accepted so far matter at RCPT only: not parsed at every stage.
+        let recipients: Vec<RcptTo> = match tx {
+            Some(t) if stage == Stage::Rcpt => t.rcpts.iter().map(|r| rcpt_to(r)).collect(),
+            _ => Vec::new(),
+        };
         let mut input = StageInput {
             client: &mut client,
             mail_from: mail.as_ref(),

@@ -200,14 +200,12 @@ mod tests {
 
     fn client() -> ClientInfo {
         ClientInfo {
-            addr: "10.0.0.5:40000".parse().expect("addr"),
-            local: "10.0.0.1:25".parse().expect("addr"),
             helo: Some("proxy.example".into()),
             esmtp: true,
-            tls: None,
-            name: None,
-            reverse_name: None,
-            names_temporary: false,
+            ..ClientInfo::connected(
+                "10.0.0.5:40000".parse().expect("addr"),
+                "10.0.0.1:25".parse().expect("addr"),
+            )
         }
     }
 

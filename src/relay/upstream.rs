@@ -599,14 +599,12 @@ mod tests {
 
     fn client(helo: &str) -> ClientInfo {
         ClientInfo {
-            addr: "192.0.2.7:4000".parse().expect("addr"),
-            local: "127.0.0.1:25".parse().expect("addr"),
             helo: Some(helo.into()),
             esmtp: true,
-            tls: None,
-            name: None,
-            reverse_name: None,
-            names_temporary: false,
+            ..ClientInfo::connected(
+                "192.0.2.7:4000".parse().expect("addr"),
+                "127.0.0.1:25".parse().expect("addr"),
+            )
         }
     }
 

@@ -496,16 +496,7 @@ async fn run_session(
             }
         }
     }
-    let client = ClientInfo {
-        addr,
-        local,
-        helo: None,
-        esmtp: false,
-        tls: None,
-        name: None,
-        reverse_name: None,
-        names_temporary: false,
-    };
+    let client = ClientInfo::connected(addr, local);
     tracing::debug!(client = %addr, "connect");
     Session::new(Box::new(stream), client, services, shutdown)
         .run()
