@@ -235,14 +235,18 @@ fn parse_mailbox(path: &str, allow_empty: bool) -> Result<String, Reply> {
     let mut quoted = false;
     let mut escaped = false;
     let mut ats = 0;
-    for c in path.chars() {
+    let mut at = None;
+    for (i, c) in path.char_indices() {
         match c {
             '\t' => return Err(bad()),
             _ if escaped => escaped = false,
             '\\' if quoted => escaped = true,
             '"' => quoted = !quoted,
             ' ' | '<' | '>' | '(' | ')' | ',' | ';' | '\\' if !quoted => return Err(bad()),
-            '@' if !quoted => ats += 1,
+            '@' if !quoted => {
+                ats += 1;
+                at = Some(i);
+            }
             _ => {}
         }
     }
@@ -252,7 +256,8 @@ fn parse_mailbox(path: &str, allow_empty: bool) -> Result<String, Reply> {
     if quoted {
         return Err(bad());
     }
-    match path.rfind('@') {
+    // The separator is the unquoted `@`: a quoted one belongs to the local part.
+    match at {
         Some(at) => {
             let (local, domain) = (&path[..at], &path[at + 1..]);
             if local.is_empty() || !valid_domain(domain) {
@@ -600,6 +605,20 @@ mod tests {
             panic!()
         };
         assert_eq!(r.address, "\"a@b\"@example.org");
+    }
+
+    /// Found by the command fuzz target (fuzz/regressions/command/mail-from-two-commands-quoted-literal):
+    /// the domain was taken after the last `@` even inside quotes, so `<@e"x"@[y]>` passed with
+    /// an empty unquoted local part and did not re-parse from the line sent upstream.
+    #[test]
+    fn the_domain_follows_the_unquoted_at_sign() {
+        assert_eq!(err("MAIL FROM:<@e\"x\"@[192.0.2.1]>").code(), 501);
+        assert_eq!(err("RCPT TO:<@r:@e\"x\"@example.org>").code(), 501);
+        assert_eq!(err("RCPT TO:<a\"x@y\">").code(), 501);
+        let Command::Rcpt(r) = ok("RCPT TO:<\"x@y\"@example.org>") else {
+            panic!()
+        };
+        assert_eq!(r.address, "\"x@y\"@example.org");
     }
 
     #[test]
