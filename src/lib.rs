@@ -19,3 +19,4 @@ pub mod relay;
 pub mod server;
 pub mod shutdown;
 pub mod smtp;
+pub mod state;

@@ -15,8 +15,8 @@ use serde::Deserialize;
 pub struct ClassifierConfig {
     /// Classify every message and add the `BAYES_*` band symbol.
     pub enabled: bool,
-    /// The embedded model file (SQLite, relative to the working directory). Later also
-    /// `"redis"` for the shared state store.
+    /// The embedded model file (SQLite, relative to the working directory), or `"redis"`: the
+    /// model lives in the shared state store (`[state] url`), learned once for every node.
     pub store: String,
     /// Spam and ham each that must have been learned before the classifier votes.
     pub min_learns: u64,
@@ -53,6 +53,11 @@ impl Default for ClassifierConfig {
 }
 
 impl ClassifierConfig {
+    /// The model is kept in the shared state store (`store = "redis"`).
+    pub fn uses_redis(&self) -> bool {
+        self.store.trim() == "redis"
+    }
+
     /// The embedded store's file.
     pub fn path(&self) -> PathBuf {
         PathBuf::from(&self.store)
@@ -66,9 +71,9 @@ impl ClassifierConfig {
                     .into(),
             );
         }
-        if self.enabled && self.store.starts_with("redis") {
+        if self.enabled && self.store.starts_with("redis") && !self.uses_redis() {
             return Err(format!(
-                "classifier.store = {:?}: the Redis store is not available in this version; use a file name such as \"classifier.db\"",
+                "classifier.store = {:?}: write \"redis\" (the model in [state] url's Redis) or a file name such as \"classifier.db\"",
                 self.store
             ));
         }

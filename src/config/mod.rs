@@ -17,12 +17,17 @@ mod clamav;
 mod classifier;
 mod filter;
 mod milter;
+mod state;
 pub use attachments::AttachmentsConfig;
 pub use auth::{AuthConfig, DnsConfig};
 pub use blocklist::{BlockListConfig, default_blocked_codes};
 pub use clamav::{ClamavConfig, ClamdAddress, OnError, OnVirus};
 pub use classifier::ClassifierConfig;
 pub use milter::MilterConfig;
+pub use state::{
+    GreylistConfig, Rate, RateAction, RateKey, RatelimitConfig, StateConfig, StateOnError,
+    StateTarget, StateUrl,
+};
 /// A `[[dnsbl]]` table.
 pub type DnsblConfig = BlockListConfig;
 /// A `[[uribl]]` table (the same keys as `[[dnsbl]]`).
@@ -72,6 +77,16 @@ pub struct Config {
     /// `[milter]`: the milter front end (off by default).
     #[serde(default)]
     pub milter: MilterConfig,
+    /// `[state]`: where greylisting, rate limits (and optionally the classifier) keep their
+    /// state — embedded for one node, Redis for several.
+    #[serde(default)]
+    pub state: StateConfig,
+    /// `[greylist]`: greylisting (off by default).
+    #[serde(default)]
+    pub greylist: GreylistConfig,
+    /// `[[ratelimit]]`: token-bucket rate limits (none by default).
+    #[serde(default)]
+    pub ratelimit: Vec<RatelimitConfig>,
 }
 
 /// `[server]`: the inbound SMTP listener and its limits.
@@ -293,7 +308,7 @@ impl MetricsConfig {
 }
 
 /// A duration in the config: whole seconds (`30`) or a string with a unit (`"30s"`,
-/// `"500ms"`, `"2m"`).
+/// `"500ms"`, `"2m"`, `"1h"`, `"35d"`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Interval(pub std::time::Duration);
 
@@ -311,7 +326,7 @@ impl<'de> Deserialize<'de> for Interval {
         };
         parsed.map(Interval).ok_or_else(|| {
             serde::de::Error::custom(
-                "expected seconds (30) or a duration with a unit (\"30s\", \"500ms\", \"2m\")",
+                "expected seconds (30) or a duration with a unit (\"500ms\", \"30s\", \"2m\", \"1h\", \"2d\")",
             )
         })
     }
@@ -326,6 +341,8 @@ fn parse_duration(text: &str) -> Option<std::time::Duration> {
         "ms" => Some(std::time::Duration::from_millis(n)),
         "s" => Some(std::time::Duration::from_secs(n)),
         "m" | "min" => Some(std::time::Duration::from_secs(n.checked_mul(60)?)),
+        "h" => Some(std::time::Duration::from_secs(n.checked_mul(3600)?)),
+        "d" => Some(std::time::Duration::from_secs(n.checked_mul(86_400)?)),
         _ => None,
     }
 }
@@ -418,6 +435,20 @@ impl Config {
         }
         if let Err(e) = self.milter.validate() {
             p.list.push(format!("{origin}: {e}"));
+        }
+        if let Err(e) = self.state.target() {
+            p.list.push(format!("{origin}: {e}"));
+        }
+        if let Err(e) = self.greylist.validate() {
+            p.list.push(format!("{origin}: {e}"));
+        }
+        if let Err(e) = state::validate_ratelimits(&self.ratelimit) {
+            p.list.push(format!("{origin}: {e}"));
+        }
+        if self.classifier.enabled && self.classifier.uses_redis() && self.state.url.is_embedded() {
+            p.list.push(format!(
+                "{origin}: classifier.store = \"redis\" keeps the model in the shared state store, but [state] url is empty: set url = \"redis://127.0.0.1:6379/0\" or give the classifier a file (store = \"classifier.db\")"
+            ));
         }
         if p.list.is_empty() {
             Ok(())

@@ -12,6 +12,8 @@
 //!   (`tests/clamav/`); [`SilentClamd`] accepts connections and never answers.
 //! * [`SmtpClient`] is a small blocking SMTP client that speaks raw bytes when a test needs
 //!   to misbehave.
+//! * [`redis`] runs private real Redis servers (standalone and a 3-master Cluster) for the
+//!   state-store tests.
 //! * [`messages`] loads the test messages in `tests/data/` and splits delivered Maildir
 //!   files into "headers added on the way" and "the message as sent".
 //!
@@ -29,6 +31,7 @@ pub mod fake_upstream;
 pub mod messages;
 pub mod postfix;
 pub mod proxy;
+pub mod redis;
 
 pub use clamd::{Clamd, SilentClamd};
 pub use client::{Reply, SmtpClient};

@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, params};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
 use super::bayes::{Counts, TokenMap};
 
@@ -136,6 +136,9 @@ pub enum StoreError {
     Incompatible { path: PathBuf, detail: String },
     /// Cannot be opened, read or written (permissions, disk full, locked too long).
     Io { path: PathBuf, detail: String },
+    /// The model in the shared state store (Redis): unreachable, of another format, or its
+    /// keys damaged; `detail` says what to do.
+    Shared { location: String, detail: String },
 }
 
 impl fmt::Display for StoreError {
@@ -156,6 +159,9 @@ impl fmt::Display for StoreError {
                 "classifier store {}: {detail} (check that the file and its directory are readable and writable by mailwarden, and the disk has space)",
                 path.display()
             ),
+            StoreError::Shared { location, detail } => {
+                write!(f, "classifier model in {location}: {detail}")
+            }
         }
     }
 }
@@ -173,11 +179,11 @@ pub trait Store: Send + Sync {
 }
 
 /// The on-disk format this code reads and writes.
-const FORMAT: i64 = 1;
+pub(super) const FORMAT: i64 = 1;
 /// Features are marked changed per block of the hash space: a block is the top 16 bits of the
 /// hash (a reader re-reads changed blocks). A per-feature generation index would cost every
 /// learn as much again as the counts.
-const BLOCK_SHIFT: u32 = 48;
+pub(super) const BLOCK_SHIFT: u32 = 48;
 
 /// What changed in the store since a generation.
 #[derive(Debug, Clone, Default)]
@@ -200,25 +206,15 @@ pub struct SqliteStore {
     max_tokens: u64,
 }
 
-#[cfg(unix)]
-fn file_identity(path: &Path) -> Option<(u64, u64)> {
-    use std::os::unix::fs::MetadataExt;
-    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
-}
-
-#[cfg(not(unix))]
-fn file_identity(path: &Path) -> Option<(u64, u64)> {
-    std::fs::metadata(path).ok().map(|m| (m.len(), 0))
-}
+use crate::state::embedded::{file_identity, sqlite_says_corrupt};
 
 fn classify_error(path: &Path, e: &rusqlite::Error) -> StoreError {
     let detail = e.to_string();
     let path = path.to_path_buf();
-    match e.sqlite_error_code() {
-        Some(ErrorCode::NotADatabase | ErrorCode::DatabaseCorrupt) => {
-            StoreError::Corrupt { path, detail }
-        }
-        _ => StoreError::Io { path, detail },
+    if sqlite_says_corrupt(e) {
+        StoreError::Corrupt { path, detail }
+    } else {
+        StoreError::Io { path, detail }
     }
 }
 
