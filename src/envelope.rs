@@ -27,6 +27,9 @@ pub struct ClientInfo {
     /// The names are missing because the lookup failed temporarily (timeout, SERVFAIL): the
     /// upstream is told `[TEMPUNAVAIL]`, so its hostname restrictions answer 4xx, not 5xx.
     pub names_temporary: bool,
+    /// The authenticated user (SMTP AUTH, or the MTA's `{auth_authen}` through the milter);
+    /// None for a client that did not authenticate.
+    pub auth: Option<String>,
 }
 
 impl ClientInfo {
@@ -42,6 +45,7 @@ impl ClientInfo {
             name: None,
             reverse_name: None,
             names_temporary: false,
+            auth: None,
         }
     }
 

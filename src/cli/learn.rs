@@ -63,7 +63,7 @@ pub fn run(opts: &LearnOptions) -> u8 {
         );
         return 2;
     }
-    if opts.stats && !config.classifier.path().exists() {
+    if opts.stats && !config.classifier.uses_redis() && !config.classifier.path().exists() {
         // Looking must not create a store.
         let store = config.classifier.store.clone();
         if opts.json {
@@ -78,7 +78,7 @@ pub fn run(opts: &LearnOptions) -> u8 {
         }
         return 0;
     }
-    let classifier = match Classifier::open(&config.classifier, true) {
+    let classifier = match Classifier::open_with(&config.classifier, &config.state, true) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("mailwarden: {e}");
@@ -288,8 +288,13 @@ fn stats(classifier: &Classifier, as_json: bool) -> u8 {
             format!("not voting until {min} of each")
         }
     );
+    let place = if classifier.config().uses_redis() {
+        "in Redis (estimated)"
+    } else {
+        "on disk"
+    };
     println!(
-        "model:        {} features (at most {}, [classifier] max_tokens), {:.1} MiB on disk",
+        "model:        {} features (at most {}, [classifier] max_tokens), {:.1} MiB {place}",
         stats.tokens,
         classifier.config().max_tokens,
         stats.bytes as f64 / (1024.0 * 1024.0)

@@ -6,6 +6,7 @@ pub mod learn;
 pub mod rules;
 pub mod scan;
 pub mod sources;
+mod state_explain;
 
 use std::path::Path;
 

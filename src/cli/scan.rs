@@ -1,5 +1,6 @@
 //! `mailwarden scan [--json] [--explain] [--ip A --helo H --from S --rcpt R] FILE... | -`:
-//! the verdict the proxy would give each message, without sending anything anywhere.
+//! the verdict the proxy would give each message, without sending anything anywhere (rate
+//! limits and greylisting are shown as they stand, never consumed or recorded).
 //!
 //! Exit code: 0 all accepted, 1 some tagged, 2 some refused (reject, tempfail, quarantine,
 //! discard), 3 an error (unreadable file, broken rules).
@@ -70,7 +71,7 @@ pub fn run(opts: &ScanOptions) -> u8 {
     };
     // The classifier votes when its store exists (scan never creates one).
     if config.classifier.enabled {
-        match Classifier::open_existing(&config.classifier) {
+        match Classifier::open_existing_with(&config.classifier, &config.state) {
             Ok(Some(c)) => filter.attach_classifier(Arc::new(c)),
             Ok(None) => {}
             Err(e) => {
@@ -78,6 +79,13 @@ pub fn run(opts: &ScanOptions) -> u8 {
                 return 3;
             }
         }
+    }
+    // Greylisting and rate limits: shown (read only) with --explain and --json.
+    if (opts.explain || opts.json)
+        && let Err(e) = super::state_explain::attach(&config, &mut filter)
+    {
+        eprintln!("mailwarden: {e}");
+        return 3;
     }
     // The sender checks are async (DNS): a small runtime of their own.
     let runtime = match tokio::runtime::Builder::new_current_thread()
@@ -125,6 +133,13 @@ pub fn run(opts: &ScanOptions) -> u8 {
             checks.av.as_ref(),
         );
         let name = file.display().to_string();
+        let (state_lines, state_json) = runtime.block_on(super::state_explain::report(
+            &filter,
+            opts.ip,
+            opts.helo.as_deref(),
+            &input.from,
+            &opts.rcpt,
+        ));
         if opts.json {
             let mut value = to_json(&name, scan);
             if let Some(obj) = value.as_object_mut() {
@@ -145,6 +160,7 @@ pub fn run(opts: &ScanOptions) -> u8 {
                     .as_ref()
                     .map_or(serde_json::Value::Null, |c| c.to_json());
                 obj.insert("classifier".into(), vote);
+                obj.extend(state_json);
             }
             println!("{value}");
         } else {
@@ -157,6 +173,11 @@ pub fn run(opts: &ScanOptions) -> u8 {
                 );
             }
             print_av(av, opts.explain);
+            if opts.explain {
+                for line in &state_lines {
+                    println!("{line}");
+                }
+            }
         }
         code = code.max(exit_code(scan.decision.action));
     }

@@ -54,6 +54,7 @@ impl Filter {
         verdict: &mut Verdict,
         keeper: Keeper,
     ) -> Action {
+        self.greylist_after_data(envelope, verdict).await;
         self.autolearn(verdict, message);
         let action = match verdict.action {
             PolicyAction::Accept | PolicyAction::Tag => Action::Accept,
@@ -93,6 +94,47 @@ impl Filter {
         action
     }
 
+    /// Score-based greylisting (`[greylist] min_score > 0`): a message that would go on but
+    /// scored at least `min_score` is deferred the first time its triplets are seen. Decided
+    /// here, not in `evaluate`, because it records the triplets (a side effect).
+    async fn greylist_after_data(&self, envelope: &Envelope, verdict: &mut Verdict) {
+        let Some(g) = self.greylist.as_ref().filter(|g| g.after_data()) else {
+            return;
+        };
+        if !matches!(
+            verdict.action,
+            PolicyAction::Accept | PolicyAction::Tag | PolicyAction::Quarantine
+        ) {
+            return;
+        }
+        let recipients: Vec<String> = envelope
+            .recipients
+            .iter()
+            .map(|r| r.address.clone())
+            .collect();
+        let outcome = g
+            .at_end_of_data(
+                &envelope.client,
+                &envelope.mail_from.address,
+                &recipients,
+                verdict.scan.score,
+                verdict.checks.auth.as_ref(),
+            )
+            .await;
+        if let super::greylist::Outcome::Defer(reply) = outcome {
+            verdict.action = PolicyAction::Tempfail;
+            verdict.summary = format!(
+                "action=tempfail greylisted (score {:.1} >= min_score {:.1}); {}",
+                verdict.scan.score,
+                g.min_score(),
+                verdict.summary
+            );
+            verdict.findings.action = "tempfail";
+            verdict.headers.clear();
+            verdict.reply = Some(reply);
+        }
+    }
+
     /// Queues a scanned message for autolearning when its score is clearly spam or ham, after
     /// the sender and virus policies had their say. Never for a virus, a list hit (no vote
     /// then) or a deferred message (it comes again).
@@ -105,6 +147,7 @@ impl Filter {
         if matches!(vote.answer, classifier::Answer::Failed(_))
             || av.and_then(clamav::Outcome::virus).is_some()
             || scan.decision.action == PolicyAction::Tempfail
+            || verdict.action == PolicyAction::Tempfail
             || scan.timed_out
         {
             return;

@@ -176,6 +176,20 @@ impl Authenticator {
         crate::config::in_networks(&self.trusted, ip)
     }
 
+    /// Whether MAIL FROM passes SPF for `ip` (before the message: greylisting's allowlist of
+    /// big senders). A lookup failure is not a pass.
+    pub async fn spf_mail_from_passes(&self, ip: IpAddr, helo: &str, mail_from: &str) -> bool {
+        let id = Identities {
+            helo: helo.trim(),
+            mail_from: mail_from.trim(),
+            spf_ip: Some(ip),
+            ip: Some(ip),
+        };
+        self.spf_mail_from(&id)
+            .await
+            .is_some_and(|o| o.result() == SpfResult::Pass)
+    }
+
     /// Runs SPF, DKIM, ARC and DMARC for one message.
     pub async fn check(&self, input: &AuthInput, raw: &[u8]) -> AuthResults {
         let started = Instant::now();

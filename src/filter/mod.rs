@@ -23,16 +23,20 @@ pub mod clamav;
 pub mod classifier;
 pub mod dnsbl;
 pub mod engine;
+pub mod greylist;
 pub mod header_ops;
 pub mod headers;
 pub mod message;
 pub mod policy;
 pub mod quarantine;
+pub mod ratelimit;
 pub mod rdns;
 pub mod record;
 pub mod reload;
 pub mod rules;
 pub mod stage;
+#[cfg(test)]
+mod state_checks_tests;
 pub mod symbols;
 pub mod uribl;
 pub mod verdict;
@@ -78,7 +82,7 @@ pub struct Filter {
     policy_config: PolicyConfig,
     quarantine: Option<Quarantine>,
     /// Sender authentication; `None` when `[auth] enabled = false`.
-    auth: Option<Authenticator>,
+    auth: Option<Arc<Authenticator>>,
     auth_config: AuthConfig,
     /// The `[[dnsbl]]` lists; `None` when there are none.
     dnsbl: Option<Dnsbl>,
@@ -95,6 +99,13 @@ pub struct Filter {
     scan_slots: Semaphore,
     /// The checks that run before the message (connect, HELO, MAIL, RCPT), in order.
     envelope_checks: Vec<Box<dyn EnvelopeCheck>>,
+    /// Greylisting, when `[greylist]` is on and a state store is attached (also decides at
+    /// end of data with `min_score > 0`, and answers `scan --explain`).
+    greylist: Option<Arc<greylist::Greylist>>,
+    /// The `[[ratelimit]]`s, when there are any and a state store is attached.
+    ratelimit: Option<Arc<ratelimit::Ratelimit>>,
+    /// The state store the two use (for `/readyz`).
+    state: Option<Arc<crate::state::State>>,
     status: Mutex<LoadStatus>,
 }
 
@@ -107,10 +118,10 @@ impl Filter {
             .then(|| Quarantine::new(std::path::Path::new(&config.policy.quarantine_dir)));
         let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
         let auth = if config.auth.enabled {
-            Some(
+            Some(Arc::new(
                 Authenticator::new(&config.dns, &config.auth, &config.server.hostname)
                     .map_err(|e| vec![e])?,
-            )
+            ))
         } else {
             None
         };
@@ -171,6 +182,9 @@ impl Filter {
             hostname: config.server.hostname.clone(),
             scan_slots: Semaphore::new(cpus),
             envelope_checks,
+            greylist: None,
+            ratelimit: None,
+            state: None,
             status: Mutex::new(status),
         })
     }
@@ -225,7 +239,7 @@ impl Filter {
 
     /// The sender authentication checks, if enabled.
     pub fn authenticator(&self) -> Option<&Authenticator> {
-        self.auth.as_ref()
+        self.auth.as_deref()
     }
 
     /// The DNS block lists, if any are configured.
@@ -248,9 +262,70 @@ impl Filter {
         self.classifier = Some(classifier);
     }
 
+    /// Whether the config has checks that need the state store (greylisting, rate limits).
+    pub fn needs_state(config: &Config) -> bool {
+        config.greylist.enabled || !config.ratelimit.is_empty()
+    }
+
+    /// Turns on greylisting and the rate limits of `config` on `state`: rate limits first (a
+    /// client over its limit leaves no triplet behind), then greylisting, after the checks
+    /// loaded with the filter.
+    pub fn attach_state(&mut self, state: Arc<crate::state::State>, config: &Config) {
+        let prefixes = (config.greylist.ipv4_prefix, config.greylist.ipv6_prefix);
+        if !config.ratelimit.is_empty() {
+            let r = Arc::new(ratelimit::Ratelimit::new(
+                state.clone(),
+                &config.ratelimit,
+                prefixes,
+            ));
+            self.envelope_checks.push(Box::new(r.clone()));
+            self.ratelimit = Some(r);
+        }
+        if config.greylist.enabled {
+            let trusted = config.auth.trusted_nets().unwrap_or_default();
+            let g = Arc::new(greylist::Greylist::new(
+                state.clone(),
+                &config.greylist,
+                trusted,
+                self.auth.clone(),
+            ));
+            self.envelope_checks.push(Box::new(g.clone()));
+            self.greylist = Some(g);
+        }
+        self.state = Some(state);
+    }
+
+    /// The state store, if one is attached.
+    pub fn state(&self) -> Option<&Arc<crate::state::State>> {
+        self.state.as_ref()
+    }
+
+    pub fn greylist(&self) -> Option<&Arc<greylist::Greylist>> {
+        self.greylist.as_ref()
+    }
+
+    pub fn ratelimit(&self) -> Option<&Arc<ratelimit::Ratelimit>> {
+        self.ratelimit.as_ref()
+    }
+
     /// The learning classifier, if one is attached.
     pub fn classifier(&self) -> Option<&Arc<classifier::Classifier>> {
         self.classifier.as_ref()
+    }
+}
+
+/// The hooks through which the state layer feeds the metrics (it sits below them).
+pub fn state_hooks() -> crate::state::Hooks {
+    use crate::metrics::metrics;
+    crate::state::Hooks {
+        error: |op, kind| metrics().state_errors.with_label_values(&[op, kind]).inc(),
+        timing: |op, secs| {
+            metrics()
+                .state_duration
+                .with_label_values(&[op])
+                .observe(secs)
+        },
+        up: |up| metrics().state_up.set(i64::from(up)),
     }
 }
 

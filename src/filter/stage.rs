@@ -68,6 +68,23 @@ pub trait EnvelopeCheck: Send + Sync {
     ) -> Pin<Box<dyn Future<Output = StageResult> + Send + 'a>>;
 }
 
+/// A shared check (the filter keeps a handle for end of data and `scan --explain`).
+impl<T: EnvelopeCheck> EnvelopeCheck for std::sync::Arc<T> {
+    fn name(&self) -> &'static str {
+        (**self).name()
+    }
+    fn stages(&self) -> &'static [Stage] {
+        (**self).stages()
+    }
+    fn check<'a>(
+        &'a self,
+        stage: Stage,
+        input: &'a mut StageInput<'_>,
+    ) -> Pin<Box<dyn Future<Output = StageResult> + Send + 'a>> {
+        (**self).check(stage, input)
+    }
+}
+
 impl Filter {
     /// Runs the checks that declared `stage`, in order; the first answer other than
     /// `Continue` decides.

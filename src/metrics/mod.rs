@@ -82,6 +82,12 @@ pub struct Metrics {
     pub classifier_autolearn_dropped: IntCounter,
     pub classifier_store_bytes: IntGauge,
     pub classifier_tokens: IntGauge,
+    // Shared state: greylisting, rate limits, the store itself.
+    pub greylist: IntCounterVec,
+    pub ratelimit_hits: IntCounterVec,
+    pub state_errors: IntCounterVec,
+    pub state_duration: HistogramVec,
+    pub state_up: IntGauge,
     pub build_info: IntGaugeVec,
 }
 
@@ -228,7 +234,7 @@ fn session_metrics(r: &mut Registrar) -> SessionMetrics {
         ),
         commands_rejected: r.counter_vec(
             "mailwarden_commands_rejected_total",
-            "Client commands or data refused by the SMTP layer, by reason.",
+            "Client commands or data refused, by reason (policy: a stage check such as greylisting or a rate limit).",
             &["reason"],
         ),
     };
@@ -246,6 +252,7 @@ fn session_metrics(r: &mut Registrar) -> SessionMetrics {
         "sequence",
         "size",
         "recipients",
+        "policy",
     ] {
         m.commands_rejected.with_label_values(&[reason]);
     }
@@ -544,6 +551,68 @@ fn classifier_metrics(r: &mut Registrar) -> ClassifierMetrics {
     m
 }
 
+/// Greylisting, rate limits and the state store behind them.
+struct StateMetrics {
+    greylist: IntCounterVec,
+    ratelimit_hits: IntCounterVec,
+    state_errors: IntCounterVec,
+    state_duration: HistogramVec,
+    state_up: IntGauge,
+}
+
+/// The `result` values of `mailwarden_greylist_total`.
+pub const GREYLIST_RESULTS: &[&str] = &[
+    "deferred_new",
+    "deferred_early",
+    "passed",
+    "known",
+    "network_allowed",
+    "error_tempfail",
+    "error_accept",
+];
+
+/// The state operations (`op` label).
+pub const STATE_OPS: &[&str] = &["greylist", "take", "ping"];
+
+/// Registers the state metrics, every known label value at 0.
+fn state_metrics(r: &mut Registrar) -> StateMetrics {
+    let m = StateMetrics {
+        greylist: r.counter_vec(
+            "mailwarden_greylist_total",
+            "Greylisting answers per triplet: deferred_new (first attempt), deferred_early (retried before the delay), passed, known (passed before), network_allowed (auto-allowed network), error_tempfail / error_accept (the state store failed; [state] on_error).",
+            &["result"],
+        ),
+        ratelimit_hits: r.counter_vec(
+            "mailwarden_ratelimit_hits_total",
+            "Messages or recipients refused by a [[ratelimit]], by its name.",
+            &["name"],
+        ),
+        state_errors: r.counter_vec(
+            "mailwarden_state_errors_total",
+            "State store calls that failed, by operation (greylist, take, ping) and kind (unavailable, timeout, reply, corrupt, io).",
+            &["op", "kind"],
+        ),
+        state_duration: r.histogram_vec(
+            "mailwarden_state_duration_seconds",
+            "Time of one state store call (one round trip), by operation.",
+            LATENCY_BUCKETS.to_vec(),
+            &["op"],
+        ),
+        state_up: r.gauge(
+            "mailwarden_state_up",
+            "1 when the last state store call succeeded, 0 when it failed.",
+        ),
+    };
+    for result in GREYLIST_RESULTS {
+        m.greylist.with_label_values(&[result]);
+    }
+    for op in STATE_OPS {
+        m.state_duration.with_label_values(&[op]);
+    }
+    m.state_up.set(1);
+    m
+}
+
 /// Registers `mailwarden_build_info` (set to 1 for this version) and, on Linux, the
 /// process collector.
 fn process_metrics(r: &mut Registrar) -> IntGaugeVec {
@@ -626,6 +695,13 @@ impl Metrics {
             classifier_store_bytes,
             classifier_tokens,
         } = classifier_metrics(&mut r);
+        let StateMetrics {
+            greylist,
+            ratelimit_hits,
+            state_errors,
+            state_duration,
+            state_up,
+        } = state_metrics(&mut r);
         let build_info = process_metrics(&mut r);
         Metrics {
             registry: r.registry,
@@ -671,6 +747,11 @@ impl Metrics {
             classifier_autolearn_dropped,
             classifier_store_bytes,
             classifier_tokens,
+            greylist,
+            ratelimit_hits,
+            state_errors,
+            state_duration,
+            state_up,
             build_info,
         }
     }

@@ -60,6 +60,10 @@ fn client_info(conn: &Connection) -> ClientInfo {
         reverse_name: known(m.get("client_ptr")),
         // Postfix: OK, FAIL, FORGED or TEMP (a temporary DNS failure).
         names_temporary: m.get("client_resolve") == Some("TEMP"),
+        auth: m
+            .get("auth_authen")
+            .filter(|u| !u.is_empty())
+            .map(str::to_string),
     }
 }
 

@@ -211,6 +211,16 @@ impl Session {
         self.conn.reply(r);
     }
 
+    /// A policy refusal (a stage check: greylisting, a rate limit): counted, but not a
+    /// client error towards `MAX_ERRORS` — a greylisted 50-recipient message is not abuse.
+    fn refuse(&mut self, r: &Reply) {
+        crate::metrics::metrics()
+            .commands_rejected
+            .with_label_values(&["policy"])
+            .inc();
+        self.conn.reply(r);
+    }
+
     fn read_failed(&mut self, e: ReadError, stage: &str) {
         match e {
             ReadError::Timeout => {
@@ -448,7 +458,7 @@ impl Session {
             StageResult::Reject(r) | StageResult::TempFail(r) => {
                 let envelope = txn.into_envelope();
                 self.log(&envelope, 0, Ending::Refused(Refusal::Policy), Some(&r));
-                return self.error(&r);
+                return self.refuse(&r);
             }
         }
         let r = Box::pin(self.relay.mail(&txn.client, &txn.mail)).await;
@@ -496,7 +506,7 @@ impl Session {
             StageResult::Continue => {}
             StageResult::Discard => txn.discard = true,
             // This recipient only; the transaction goes on.
-            StageResult::Reject(r) | StageResult::TempFail(r) => return self.error(&r),
+            StageResult::Reject(r) | StageResult::TempFail(r) => return self.refuse(&r),
         }
         let r = self.relay.rcpt(&rcpt).await;
         if !self.relay.transaction_open() {

@@ -2,7 +2,8 @@
 //!
 //! `/readyz` answers 200 only when every part a message needs is there: the rules loaded,
 //! the upstream answering SMTP (not needed when delivering to a Maildir), and clamd answering
-//! PING when virus scanning is on. A load balancer then sends clients elsewhere instead of
+//! PING when virus scanning is on, and the state store (Redis) when greylisting or rate limits
+//! use it. A load balancer then sends clients elsewhere instead of
 //! to an instance that could only answer 451. A failed rule *reload* does not make the
 //! instance unready (the previous rules keep working), but the report shows it.
 
@@ -49,10 +50,14 @@ pub async fn readiness(services: &Services) -> Readiness {
             status.errors.first().map_or("", String::as_str)
         ))
     };
-    let (upstream, clamd) = tokio::join!(upstream(services), clamd(services));
+    let (upstream, clamd, state) =
+        tokio::join!(upstream(services), clamd(services), state(services));
     let mut checks = vec![("rules", rules), ("upstream", upstream)];
     if let Some(clamd) = clamd {
         checks.push(("clamd", clamd));
+    }
+    if let Some(state) = state {
+        checks.push(("state", state));
     }
     Readiness {
         ready: checks.iter().all(|(_, r)| r.is_ok()),
@@ -103,6 +108,26 @@ pub async fn upstream_greets(address: &str, limit: Duration) -> Result<String, S
         Ok(result) => result,
         Err(_) => Err(format!("{address}: no greeting within {limit:?}")),
     }
+}
+
+/// The state store answers (greylisting, rate limits), when they are on. Down with
+/// `on_error = "tempfail"`: not ready (every checked transaction would be deferred); with
+/// `"accept"` still ready, but the report says the checks are skipped.
+async fn state(services: &Services) -> Option<Result<String, String>> {
+    let state = services.filter.state()?;
+    Some(match state.ping().await {
+        Ok(detail) => Ok(detail),
+        Err(e) => match state.on_error() {
+            crate::config::StateOnError::Tempfail => Err(format!(
+                "{}: {e}; on_error = tempfail: checked mail is deferred (451 4.3.0)",
+                state.describe()
+            )),
+            crate::config::StateOnError::Accept => Ok(format!(
+                "DOWN {}: {e}; on_error = accept: greylisting and rate limits are skipped",
+                state.describe()
+            )),
+        },
+    })
 }
 
 /// clamd answers PING, when virus scanning is on; `None` when it is off.

@@ -92,6 +92,7 @@ impl Services {
             .trusted_proxy_nets()
             .map_err(|e| anyhow::anyhow!("server.trusted_proxies: {e}"))?;
         attach_classifier(&config, filter.as_mut(), &mut problems);
+        attach_state(&config, filter.as_mut(), &mut problems);
         match (relay, filter) {
             (relay, Some(filter)) if problems.is_empty() && (relay.is_some() || !proxied) => {
                 let filter = Arc::new(filter);
@@ -157,11 +158,12 @@ fn attach_classifier(config: &Config, filter: Option<&mut Filter>, problems: &mu
         tracing::info!("classifier off ([classifier] enabled = false)");
         return;
     }
-    let store_exists = config.classifier.path().exists();
+    // A Redis model is always "there" (an empty one is untrained; the first learn makes it).
+    let store_exists = config.classifier.uses_redis() || config.classifier.path().exists();
     if !(store_exists || problems.is_empty() && filter.is_some()) {
         return;
     }
-    match Classifier::open(&config.classifier, true) {
+    match Classifier::open_with(&config.classifier, &config.state, true) {
         Ok(c) => {
             let c = Arc::new(c);
             let (spam, ham) = c.counts();
@@ -171,6 +173,24 @@ fn attach_classifier(config: &Config, filter: Option<&mut Filter>, problems: &mu
             }
         }
         Err(e) => problems.push(e.to_string()),
+    }
+}
+
+/// Opens the state store when greylisting or a rate limit needs it. A damaged embedded file
+/// stops the start (with what to do); Redis is connected on first use, so a node starts
+/// while Redis is down and answers per `[state] on_error` until it is back.
+fn attach_state(config: &Config, filter: Option<&mut Filter>, problems: &mut Vec<String>) {
+    if !Filter::needs_state(config) {
+        return;
+    }
+    match crate::state::State::open(&config.state, crate::filter::state_hooks()) {
+        Ok(state) => {
+            tracing::info!(store = %state.describe(), greylist = config.greylist.enabled, ratelimits = config.ratelimit.len(), on_error = config.state.on_error.as_str(), "state store opened");
+            if let Some(f) = filter {
+                f.attach_state(Arc::new(state), config);
+            }
+        }
+        Err(e) => problems.push(format!("[state]: {e}")),
     }
 }
 

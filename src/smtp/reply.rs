@@ -278,6 +278,40 @@ pub fn local_error() -> Reply {
     Reply::new(451, "4.3.0", "Local error in processing, try again later")
 }
 
+/// Greylisted (RFC 6647 §2.1: a temporary failure a real MTA retries). `retry_in` seconds.
+pub fn greylisted(retry_in_secs: u64) -> Reply {
+    Reply::new(
+        451,
+        "4.7.1",
+        format!(
+            "Greylisted: please retry in {retry_in_secs} seconds (RFC 6647); a legitimate server retries by itself"
+        ),
+    )
+}
+
+/// A `[[ratelimit]]` with `action = "tempfail"` is exhausted.
+pub fn rate_limited(name: &str, retry_in_secs: u64) -> Reply {
+    Reply::new(
+        451,
+        "4.7.0",
+        format!("Rate limit {name} exceeded, try again in {retry_in_secs} seconds"),
+    )
+}
+
+/// A `[[ratelimit]]` with `action = "reject"` is exhausted.
+pub fn rate_limit_rejected(name: &str) -> Reply {
+    Reply::new(550, "5.7.1", format!("Rate limit {name} exceeded"))
+}
+
+/// The state store (Redis) cannot answer and `[state] on_error = "tempfail"`.
+pub fn state_unavailable() -> Reply {
+    Reply::new(
+        451,
+        "4.3.0",
+        "Temporary local problem (state store), try again later",
+    )
+}
+
 pub fn no_valid_recipients() -> Reply {
     Reply::new(554, "5.5.1", "No valid recipients")
 }

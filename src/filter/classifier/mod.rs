@@ -2,8 +2,8 @@
 //! the scan (SpamAssassin's `BAYES_*` symbols, scored in `rules/45_bayes.cf`).
 //!
 //! `tokens` turns a parsed message into feature hashes, `bayes` is the model and its
-//! arithmetic, `store` keeps the model (embedded SQLite file; a Redis store later implements
-//! the same trait). This file is the handle the rest of mailwarden uses: classify a message
+//! arithmetic, `store` keeps the model (embedded SQLite file), `redis_store` keeps it in the
+//! shared Redis of `[state] url` for several nodes (`store = "redis"`), behind the same trait. This file is the handle the rest of mailwarden uses: classify a message
 //! (blocking, inside the scan's time budget, from an in-memory copy of the model — no I/O per
 //! message), learn or forget messages (written to the store), and keep the in-memory copy in
 //! step with the store so that a `mailwarden learn` run while `serve` runs is seen within
@@ -15,6 +15,7 @@
 //! reads again.
 
 pub mod bayes;
+mod redis_store;
 pub mod store;
 pub mod tokens;
 
@@ -26,10 +27,11 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::config::ClassifierConfig;
+use crate::config::{ClassifierConfig, StateConfig};
 use crate::filter::message::Message;
 use crate::metrics::metrics;
 pub use bayes::{Model, SYMBOLS};
+pub use redis_store::RedisStore;
 pub use store::{Applied, Changes, Class, Item, Op, Source, SqliteStore, Stats, Store, StoreError};
 
 /// The symbol for "the store could not be read".
@@ -196,6 +198,28 @@ impl Classifier {
         Classifier::with_store(config, Box::new(store))
     }
 
+    /// Opens the configured store: the file (as [`Classifier::open`]) or, with
+    /// `store = "redis"`, the model in `[state] url`'s Redis. A Redis that is down does not
+    /// stop this: the classifier answers `BAYES_FAIL` until it is back (learns fail meanwhile).
+    pub fn open_with(
+        config: &ClassifierConfig,
+        state: &StateConfig,
+        create: bool,
+    ) -> Result<Classifier, StoreError> {
+        if !config.uses_redis() {
+            return Classifier::open(config, create);
+        }
+        let target = state.target().map_err(|detail| StoreError::Shared {
+            location: "[state] url".into(),
+            detail,
+        })?;
+        let store = RedisStore::open(&target, state.timeout.0, config.max_seen, config.max_tokens)?;
+        let classifier = Classifier::unread(config, Box::new(store));
+        // A failure is recorded (logged once, BAYES_FAIL) and retried by every refresh.
+        let _ = classifier.refresh();
+        Ok(classifier)
+    }
+
     /// For `scan`: the classifier when its store exists, `None` when it was never created
     /// (untrained; nothing is written).
     pub fn open_existing(config: &ClassifierConfig) -> Result<Option<Classifier>, StoreError> {
@@ -205,11 +229,30 @@ impl Classifier {
         Classifier::open(config, false).map(Some)
     }
 
+    /// [`Classifier::open_existing`] that also knows `[state]`: a Redis model is always
+    /// opened (Redis has no "not created yet" to skip; an empty model is untrained anyway).
+    pub fn open_existing_with(
+        config: &ClassifierConfig,
+        state: &StateConfig,
+    ) -> Result<Option<Classifier>, StoreError> {
+        if config.uses_redis() {
+            return Classifier::open_with(config, state, false).map(Some);
+        }
+        Classifier::open_existing(config)
+    }
+
     pub fn with_store(
         config: &ClassifierConfig,
         store: Box<dyn Store>,
     ) -> Result<Classifier, StoreError> {
-        let classifier = Classifier {
+        let classifier = Classifier::unread(config, store);
+        classifier.refresh()?;
+        Ok(classifier)
+    }
+
+    /// The handle with an empty in-memory model, before the first refresh.
+    fn unread(config: &ClassifierConfig, store: Box<dyn Store>) -> Classifier {
+        Classifier {
             config: config.clone(),
             store,
             snapshot: RwLock::new(Snapshot {
@@ -222,9 +265,7 @@ impl Classifier {
             started: AtomicBool::new(false),
             exported: Mutex::new(std::collections::BTreeMap::new()),
             refreshing: Mutex::new(()),
-        };
-        classifier.refresh()?;
-        Ok(classifier)
+        }
     }
 
     pub fn config(&self) -> &ClassifierConfig {
