@@ -40,6 +40,10 @@ have promtool || missing+=(prometheus)
 have prometheus || missing+=(prometheus)
 # systemd-analyze verifies the shipped unit file (tests/deploy.rs); systemd is not started.
 have systemd-analyze || missing+=(systemd)
+# Redis for the shared state (tests/state_redis.rs, tests/several_nodes.rs, tests/classifier_redis.rs):
+# each test starts a private redis-server (standalone or a 3-master Cluster) on loopback ports.
+have redis-server || missing+=(redis-server)
+have redis-cli || missing+=(redis-tools)
 # npm fetches the dev corpus (scripts/fetch-corpus.sh) from the npm registry.
 have npm || missing+=(npm)
 
@@ -56,7 +60,7 @@ if [ "${#missing[@]}" -gt 0 ]; then
     # freshclam must not run as a daemon (no internet here): updates are off for the tests.
     echo "clamav-freshclam clamav-freshclam/autoupdate_freshclam select manual" | debconf-set-selections
     export DEBIAN_FRONTEND=noninteractive
-    # No package may start a service (clamd, freshclam, postfix): there is no init system in
+    # No package may start a service (clamd, freshclam, postfix, redis): there is no init system in
     # CI, and the tests start their own private instances. policy-rc.d exit 101 = "action
     # forbidden" to invoke-rc.d (init-system-helpers README.policy-rc.d); removed again only if
     # we created it.
