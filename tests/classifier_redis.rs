@@ -622,10 +622,10 @@ fn a_redis_restart_between_calls_is_not_an_error() {
     assert_eq!(applied.learned, 2);
 }
 
-/// A `mailwarden learn` batch (1,000 messages of 200 features, 200,000 distinct features) is
-/// one script: it must finish well within the store's wait, and a reader loads it whole.
+/// A `mailwarden learn` batch (1,000 messages of 200 features, 200,000 distinct features) goes
+/// in short scripts: it must finish well within the store's wait, and a reader loads it whole.
 #[test]
-fn a_full_cli_batch_is_one_script_within_the_wait() {
+fn a_full_cli_batch_is_learned_within_the_wait() {
     let redis = Redis::start();
     let store = store(&redis, 500_000, 800_000);
     let items: Vec<Item> = (0..1000u64)

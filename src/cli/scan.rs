@@ -81,12 +81,17 @@ pub fn run(opts: &ScanOptions) -> u8 {
         }
     }
     // Greylisting and rate limits: shown (read only) with --explain and --json.
-    if (opts.explain || opts.json)
-        && let Err(e) = super::state_explain::attach(&config, &mut filter)
-    {
-        eprintln!("mailwarden: {e}");
-        return 3;
-    }
+    let state_note = if opts.explain || opts.json {
+        match super::state_explain::attach(&config, &mut filter) {
+            Ok(note) => note,
+            Err(e) => {
+                eprintln!("mailwarden: {e}");
+                return 3;
+            }
+        }
+    } else {
+        None
+    };
     // The sender checks are async (DNS): a small runtime of their own.
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -174,7 +179,7 @@ pub fn run(opts: &ScanOptions) -> u8 {
             }
             print_av(av, opts.explain);
             if opts.explain {
-                for line in &state_lines {
+                for line in state_note.iter().chain(&state_lines) {
                     println!("{line}");
                 }
             }

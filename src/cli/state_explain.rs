@@ -12,14 +12,25 @@ use crate::smtp::command::{MailFrom, MailParams};
 use crate::state::{Grey, State, Take};
 
 /// Attaches the configured state store to `filter` when greylisting or a rate limit is on.
-pub fn attach(config: &Config, filter: &mut Filter) -> Result<(), String> {
+/// An embedded store that does not exist yet is not created (a scan writes nothing): then
+/// `Ok(Some(note))` says so instead.
+pub fn attach(config: &Config, filter: &mut Filter) -> Result<Option<String>, String> {
     if !Filter::needs_state(config) {
-        return Ok(());
+        return Ok(None);
+    }
+    if let Ok(crate::config::StateTarget::Embedded { dir }) = config.state.target() {
+        let file = dir.join("state.db");
+        if !file.exists() {
+            return Ok(Some(format!(
+                "  greylisting and rate limits: no state yet ({} does not exist: every triplet is new, every bucket full)",
+                file.display()
+            )));
+        }
     }
     let state = State::open(&config.state, crate::filter::state_hooks())
         .map_err(|e| format!("[state]: {e}"))?;
     filter.attach_state(std::sync::Arc::new(state), config);
-    Ok(())
+    Ok(None)
 }
 
 /// The state checks for one envelope: `(lines for --explain, JSON fields)`.

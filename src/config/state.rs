@@ -64,8 +64,14 @@ pub enum StateTarget {
 }
 
 impl StateConfig {
-    /// Parses `url` (and `dir`); the error says what to write.
+    /// Parses `url` (and `dir`) and checks `timeout`; the error says what to write.
     pub fn target(&self) -> Result<StateTarget, String> {
+        if self.timeout.0 < Duration::from_millis(10) {
+            return Err(format!(
+                "state.timeout = {:?} leaves no time for an answer: write at least \"10ms\" (default \"500ms\")",
+                self.timeout.0
+            ));
+        }
         let urls = &self.url.0;
         if urls.is_empty() {
             if self.dir.trim().is_empty() {
@@ -330,11 +336,11 @@ impl GreylistConfig {
                 self.min_score
             ));
         }
-        if self.allow_for.0.is_zero() && self.auto_allow_after > 0 {
-            return Err(
-                "greylist.allow_for is 0: write a duration (e.g. \"35d\") or auto_allow_after = 0"
-                    .into(),
-            );
+        if self.allow_for.0 < self.retry_window.0 {
+            return Err(format!(
+                "greylist.allow_for ({:?}) is shorter than greylist.retry_window ({:?}): a sender that passed would be greylisted again soon after; write e.g. allow_for = \"35d\"",
+                self.allow_for.0, self.retry_window.0
+            ));
         }
         Ok(())
     }

@@ -267,20 +267,11 @@ impl Filter {
         config.greylist.enabled || !config.ratelimit.is_empty()
     }
 
-    /// Turns on greylisting and the rate limits of `config` on `state`: rate limits first (a
-    /// client over its limit leaves no triplet behind), then greylisting, after the checks
-    /// loaded with the filter.
+    /// Turns on greylisting and the rate limits of `config` on `state`, after the checks
+    /// loaded with the filter: greylisting first, so a deferred first attempt (which comes
+    /// again) costs no rate-limit tokens.
     pub fn attach_state(&mut self, state: Arc<crate::state::State>, config: &Config) {
         let prefixes = (config.greylist.ipv4_prefix, config.greylist.ipv6_prefix);
-        if !config.ratelimit.is_empty() {
-            let r = Arc::new(ratelimit::Ratelimit::new(
-                state.clone(),
-                &config.ratelimit,
-                prefixes,
-            ));
-            self.envelope_checks.push(Box::new(r.clone()));
-            self.ratelimit = Some(r);
-        }
         if config.greylist.enabled {
             let trusted = config.auth.trusted_nets().unwrap_or_default();
             let g = Arc::new(greylist::Greylist::new(
@@ -291,6 +282,15 @@ impl Filter {
             ));
             self.envelope_checks.push(Box::new(g.clone()));
             self.greylist = Some(g);
+        }
+        if !config.ratelimit.is_empty() {
+            let r = Arc::new(ratelimit::Ratelimit::new(
+                state.clone(),
+                &config.ratelimit,
+                prefixes,
+            ));
+            self.envelope_checks.push(Box::new(r.clone()));
+            self.ratelimit = Some(r);
         }
         self.state = Some(state);
     }

@@ -30,6 +30,9 @@ use crate::smtp::reply::{self, Reply};
 
 /// After this many errors the session is closed (Postfix's `smtpd_hard_error_limit`).
 const MAX_ERRORS: u32 = 20;
+/// Policy refusals (greylisting, rate limits) in one session before it is closed like one
+/// with `MAX_ERRORS`: a rate-limited client looping MAIL/RCPT costs a store round trip each.
+const MAX_REFUSALS: u32 = 100;
 
 /// How long a client may take for the TLS handshake.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -78,6 +81,8 @@ pub struct Session {
     /// The message being received by BDAT, between the first chunk and LAST.
     bdat: Option<DataDecoder>,
     errors: u32,
+    /// Policy refusals so far (see `refuse`).
+    refusals: u32,
     shutdown: Shutdown,
     /// XFORWARD attributes from a trusted proxy, for the next transaction only.
     forwarded: Option<xclient::Update>,
@@ -100,6 +105,7 @@ impl Session {
             txn: None,
             bdat: None,
             errors: 0,
+            refusals: 0,
             shutdown,
             forwarded: None,
         }
@@ -213,7 +219,12 @@ impl Session {
 
     /// A policy refusal (a stage check: greylisting, a rate limit): counted, but not a
     /// client error towards `MAX_ERRORS` — a greylisted 50-recipient message is not abuse.
+    /// A client that keeps trying after `MAX_REFUSALS` of them in one session is closed.
     fn refuse(&mut self, r: &Reply) {
+        self.refusals += 1;
+        if self.refusals >= MAX_REFUSALS {
+            self.errors = MAX_ERRORS;
+        }
         crate::metrics::metrics()
             .commands_rejected
             .with_label_values(&["policy"])

@@ -438,7 +438,14 @@ fn record(
                 count_pass(tx, &t.net, policy, now)?;
             }
         }
-        Grey::Deferred { first: false, .. } | Grey::NetworkAllowed => {}
+        // An allowed network stays allowed while it keeps sending (a sliding window).
+        Grey::NetworkAllowed => {
+            tx.prepare_cached(
+                "UPDATE networks SET allowed_until = ?2, expires = ?2 WHERE net = ?1",
+            )?
+            .execute(params![t.net, allow_until])?;
+        }
+        Grey::Deferred { first: false, .. } => {}
     }
     Ok(())
 }

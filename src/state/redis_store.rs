@@ -43,7 +43,14 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local delay, window, allow = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local after, peek = tonumber(ARGV[4]), ARGV[5] == '1'
 local allowed_until = tonumber(redis.call('HGET', KEYS[2], 'allowed_until') or '0') or 0
-if allowed_until > now then return {4, 0} end
+if allowed_until > now then
+  -- An allowed network stays allowed while it keeps sending (postgrey's sliding window).
+  if not peek then
+    redis.call('HSET', KEYS[2], 'allowed_until', now + allow)
+    redis.call('PEXPIRE', KEYS[2], math.max(allow, 1))
+  end
+  return {4, 0}
+end
 local tr = redis.call('HMGET', KEYS[1], 'first', 'passed')
 if tr[2] then
   if not peek then redis.call('PEXPIRE', KEYS[1], math.max(allow, 1)) end
@@ -122,6 +129,7 @@ enum Backend {
 }
 
 /// The master the sentinels named.
+#[derive(Clone)]
 struct Master {
     conn: MultiplexedConnection,
     addr: String,
@@ -189,8 +197,10 @@ impl RedisStore {
                 client: open_client(url)?,
                 manager: OnceCell::new(),
             },
+            // Each seed gets half the call's time to connect: the first connection waits for
+            // every seed, and one that drops packets must not cancel it every time.
             StateTarget::Cluster(seeds) => Backend::Cluster {
-                client: cluster_client(seeds, timeout)?,
+                client: cluster_client(seeds, timeout / 2)?,
                 conn: OnceCell::new(),
             },
             StateTarget::Sentinel { .. } => Backend::Sentinel {
@@ -235,10 +245,24 @@ impl RedisStore {
                 if let Some(m) = slot.as_ref().filter(|m| m.named.elapsed() < MASTER_RECHECK) {
                     return Ok(Conn::Master(m.conn.clone()));
                 }
-                let m = self
-                    .master(client, slot.take())
-                    .await
-                    .map_err(|e| self.error(e))?;
+                // The periodic re-check gets half the call's time: a sentinel that does not
+                // answer must not cost the call, nor the master already known.
+                let known = slot.clone();
+                let asked =
+                    tokio::time::timeout(self.timeout / 2, self.master(client, known.clone()));
+                let m = match (asked.await, known) {
+                    (Ok(Ok(m)), _) => m,
+                    (_, Some(m)) => Master {
+                        named: Instant::now(),
+                        ..m
+                    },
+                    (Ok(Err(e)), None) => return Err(self.error(e)),
+                    (Err(_), None) => {
+                        return Err(StateError::Unavailable(
+                            "no sentinel named the master in time".into(),
+                        ));
+                    }
+                };
                 let c = m.conn.clone();
                 *slot = Some(m);
                 Ok(Conn::Master(c))
@@ -678,8 +702,8 @@ fn not_redis() -> StateError {
     ))
 }
 
-/// The target's URL(s) without password.
-fn describe_target(target: &StateTarget) -> String {
+/// The target's URL(s) without password (also the classifier's model location).
+pub fn describe_target(target: &StateTarget) -> String {
     match target {
         StateTarget::Standalone(url) => redact(url),
         StateTarget::Cluster(seeds) => seeds

@@ -26,8 +26,11 @@
 //! that re-reads a changed block must see it go, and entries that simply vanished could not be
 //! seen. A prune makes every reader reload whole, so it can delete them.
 //!
-//! What is atomic: one `apply` is ONE Lua script (digests, counts, totals, generation, block
-//! generations, the `max_seen` bound). The `max_tokens` prune is a second step after an apply
+//! What is atomic: each run of up to 50 messages of an `apply` is ONE Lua script (digests,
+//! counts, totals, generation, block generations, the `max_seen` bound), so a learn never holds
+//! the Redis that greylisting and the rate limits share for more than milliseconds; a learn cut
+//! short (Redis gone mid-way) has learned whole runs, and learning it again counts each message
+//! once. The `max_tokens` prune is a second step after an apply
 //! that crossed the bound: the rarest, least recently changed entries are read, then deleted
 //! by a script in chunks, each entry only if it is still what was read (a learn in between
 //! keeps it); the last chunk bumps `generation` and sets `pruned`, so readers reload whole.
@@ -67,9 +70,11 @@ const _: () = assert!(
     (64 - BLOCK_SHIFT).is_multiple_of(4),
     "blocks must be whole hex digits"
 );
-/// Shortest wait for one answer: a CLI batch of 1,000 messages is one script of a few hundred
-/// thousand hash operations (about a second), longer than `[state] timeout` is meant for.
+/// Shortest wait for one answer: a prune or a whole-model read on a busy Redis takes longer
+/// than `[state] timeout` is meant for.
 const MIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// Messages learned per script (about 1 ms each): see `apply`.
+const APPLY_CHUNK: usize = 50;
 /// Blocks read per round trip, entries deleted per prune script.
 const READ_CHUNK: usize = 512;
 const PRUNE_CHUNK: usize = 5000;
@@ -297,8 +302,8 @@ pub struct RedisStore {
 
 impl RedisStore {
     /// A store on `target` (not connected yet: the first call connects, so a node starts while
-    /// Redis is down). `timeout` is `[state] timeout`; calls wait at least 30 s (a learn batch
-    /// is one script). The model is created by the first learn; until then it reads as empty.
+    /// Redis is down). `timeout` is `[state] timeout`; calls wait at least 30 s (a prune or a
+    /// whole read of a large model). The model is created by the first learn; until then it reads as empty.
     pub fn open(
         target: &StateTarget,
         timeout: Duration,
@@ -418,9 +423,56 @@ impl RedisStore {
     }
 }
 
+impl RedisStore {
+    /// One atomic script for `items`: what it did, and the model's entries and zero entries
+    /// after it.
+    fn apply_chunk(
+        &self,
+        items: &[Item],
+        source: Source,
+    ) -> Result<(Applied, u64, u64), StoreError> {
+        let created = new_created().to_string();
+        let runs: Vec<(String, &str, String)> = items
+            .iter()
+            .map(|item| {
+                let op = match item.op {
+                    Op::Learn(class) => class.as_str(),
+                    Op::Forget => "forget",
+                };
+                (hex(&item.digest), op, hash_run(&item.hashes))
+            })
+            .collect();
+        let r: Vec<i64> = self.with_conn(|c| {
+            let mut inv = self.apply_script.prepare_invoke();
+            inv.key(META)
+                .key(GEN)
+                .key(SEEN)
+                .key(SEEN_ORDER)
+                .key(BLOCK_PREFIX);
+            inv.arg(source.as_str()).arg(now_secs()).arg(self.max_seen);
+            inv.arg(BLOCK_HEX).arg(&created).arg(FORMAT);
+            for (digest, op, run) in &runs {
+                inv.arg(digest).arg(*op).arg(run);
+            }
+            inv.invoke(c)
+        })?;
+        let get = |i: usize| r.get(i).copied().unwrap_or(0).max(0) as u64;
+        let applied = Applied {
+            learned: get(0),
+            already: get(1),
+            moved: get(2),
+            forgotten: get(3),
+            unknown: get(4),
+        };
+        Ok((applied, get(5), get(6)))
+    }
+}
+
 /// The connection itself failed (as opposed to Redis answering an error).
 fn connection_lost(e: &RedisError) -> bool {
-    e.is_io_error()
+    // READONLY: still connected to a master Sentinel has since demoted.
+    e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly)
+        || e.is_io_error()
         || e.is_connection_dropped()
         || e.is_connection_refusal()
         || e.is_timeout()
@@ -430,40 +482,7 @@ fn connection_lost(e: &RedisError) -> bool {
 
 /// The target as an admin recognises it, passwords left out.
 pub fn describe(target: &StateTarget) -> String {
-    match target {
-        StateTarget::Embedded { dir } => format!("embedded {}", dir.display()),
-        StateTarget::Standalone(url) => redact(url),
-        StateTarget::Cluster(seeds) => {
-            let seeds: Vec<String> = seeds.iter().map(|s| redact(s)).collect();
-            format!("Redis Cluster {}", seeds.join(","))
-        }
-        StateTarget::Sentinel {
-            sentinels,
-            master,
-            db,
-            ..
-        } => format!("redis+sentinel://{}/{master}/{db}", sentinels.join(",")),
-    }
-}
-
-/// `redis://user:secret@host:6379/0` → `redis://user@host:6379/0`.
-fn redact(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_string();
-    };
-    let end = rest.find('/').unwrap_or(rest.len());
-    let (authority, path) = rest.split_at(end);
-    match authority.rsplit_once('@') {
-        Some((user, host)) => {
-            let user = user.split(':').next().unwrap_or("");
-            if user.is_empty() {
-                format!("{scheme}://{host}{path}")
-            } else {
-                format!("{scheme}://{user}@{host}{path}")
-            }
-        }
-        None => url.to_string(),
-    }
+    crate::state::redis_store::describe_target(target)
 }
 
 fn num(fields: &HashMap<String, String>, key: &str) -> u64 {
@@ -629,40 +648,20 @@ impl Store for RedisStore {
     }
 
     fn apply(&self, items: &[Item], source: Source) -> Result<Applied, StoreError> {
-        let created = new_created().to_string();
-        let runs: Vec<(String, &str, String)> = items
-            .iter()
-            .map(|item| {
-                let op = match item.op {
-                    Op::Learn(class) => class.as_str(),
-                    Op::Forget => "forget",
-                };
-                (hex(&item.digest), op, hash_run(&item.hashes))
-            })
-            .collect();
-        let r: Vec<i64> = self.with_conn(|c| {
-            let mut inv = self.apply_script.prepare_invoke();
-            inv.key(META)
-                .key(GEN)
-                .key(SEEN)
-                .key(SEEN_ORDER)
-                .key(BLOCK_PREFIX);
-            inv.arg(source.as_str()).arg(now_secs()).arg(self.max_seen);
-            inv.arg(BLOCK_HEX).arg(&created).arg(FORMAT);
-            for (digest, op, run) in &runs {
-                inv.arg(digest).arg(*op).arg(run);
-            }
-            inv.invoke(c)
-        })?;
-        let get = |i: usize| r.get(i).copied().unwrap_or(0).max(0) as u64;
-        let applied = Applied {
-            learned: get(0),
-            already: get(1),
-            moved: get(2),
-            forgotten: get(3),
-            unknown: get(4),
-        };
-        let (entries, zeros) = (get(5), get(6));
+        // Redis runs one script at a time, and greylisting and the rate limits share it: a
+        // learn goes in scripts of APPLY_CHUNK messages (each atomic, milliseconds long), so
+        // a 1,000-message `mailwarden learn` never holds Redis past `[state] timeout`.
+        let mut total = Applied::default();
+        let (mut entries, mut zeros) = (0, 0);
+        for chunk in items.chunks(APPLY_CHUNK) {
+            let (applied, e, z) = self.apply_chunk(chunk, source)?;
+            total.learned += applied.learned;
+            total.already += applied.already;
+            total.moved += applied.moved;
+            total.forgotten += applied.forgotten;
+            total.unknown += applied.unknown;
+            (entries, zeros) = (e, z);
+        }
         let max = self.max_tokens;
         if entries.saturating_sub(zeros) > max || entries > max + max / 10 {
             let created: Option<String> =
@@ -671,7 +670,7 @@ impl Store for RedisStore {
                 self.prune(&created)?;
             }
         }
-        Ok(applied)
+        Ok(total)
     }
 
     fn stats(&self) -> Result<Stats, StoreError> {
@@ -713,18 +712,12 @@ mod tests {
 
     #[test]
     fn passwords_are_left_out_of_the_location() {
-        assert_eq!(
-            redact("redis://user:secret@h:6379/0"),
-            "redis://user@h:6379/0"
-        );
-        assert_eq!(redact("rediss://:secret@h:6380/1"), "rediss://h:6380/1");
-        assert_eq!(redact("redis://h:6379/0"), "redis://h:6379/0");
         let cluster =
             StateTarget::Cluster(vec!["redis://:pw@a:7000".into(), "redis://b:7001".into()]);
-        assert_eq!(
-            describe(&cluster),
-            "Redis Cluster redis://a:7000,redis://b:7001"
-        );
+        let shown = describe(&cluster);
+        assert!(!shown.contains("pw") && shown.contains("a:7000") && shown.contains("b:7001"));
+        let unix = StateTarget::Standalone("unix:///run/redis.sock?pass=secret&db=1".into());
+        assert!(!describe(&unix).contains("secret"), "{}", describe(&unix));
     }
 
     #[test]
