@@ -3,142 +3,23 @@
 //! a FLUSHALL, Redis stopped and started again, the `max_tokens` prune, and `mailwarden learn`
 //! end to end.
 //!
-//! Each test starts its own private redis-server (a free loopback port, no persistence, a
-//! temporary directory; killed when the test ends). Without redis-server the tests fail and
-//! say how to install it: they are never skipped. The launcher lives here until a shared one
-//! exists for every Redis test.
+//! Each test starts its own private redis-server (`tests/support/redis.rs`: a free loopback
+//! port, no persistence, a temporary directory; killed when the test ends). Without
+//! redis-server the tests fail and say how to install it: they are never skipped.
 
-use std::net::{Ipv4Addr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+mod support;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+
+use support::redis::{Redis, RedisCluster};
 
 use mailwarden::config::{ClassifierConfig, StateConfig, StateTarget, StateUrl};
 use mailwarden::filter::classifier::{
     Answer, Class, Classifier, Item, Op, RedisStore, Source, Store, StoreError,
 };
 use mailwarden::filter::message::Message;
-
-// ---------------------------------------------------------------------------------------------
-// A private redis-server.
-// ---------------------------------------------------------------------------------------------
-
-const REDIS_SERVER: &str = "/usr/bin/redis-server";
-
-/// A redis-server of this test's own, killed on drop.
-struct Redis {
-    child: Option<Child>,
-    port: u16,
-    dir: tempfile::TempDir,
-    /// More redis-server arguments (Cluster mode).
-    extra: Vec<String>,
-}
-
-fn free_port() -> u16 {
-    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind a free port");
-    listener.local_addr().expect("local addr").port()
-}
-
-impl Redis {
-    fn start() -> Redis {
-        Redis::start_with(&[])
-    }
-
-    fn start_with(extra: &[&str]) -> Redis {
-        let dir = tempfile::Builder::new()
-            .prefix("mailwarden-redis-")
-            .tempdir()
-            .expect("tempdir");
-        let mut redis = Redis {
-            child: None,
-            port: free_port(),
-            dir,
-            extra: extra.iter().map(|a| a.to_string()).collect(),
-        };
-        redis.launch();
-        redis
-    }
-
-    /// Starts redis-server on `self.port` and waits until it answers PING.
-    fn launch(&mut self) {
-        let binary = if Path::new(REDIS_SERVER).exists() {
-            PathBuf::from(REDIS_SERVER)
-        } else {
-            PathBuf::from("redis-server")
-        };
-        let child = Command::new(&binary)
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
-            .arg("--dir")
-            .arg(self.dir.path())
-            .args(&self.extra)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!("cannot run {binary:?} ({e}): these tests need a Redis server; install it with `apt-get install redis-server`")
-            });
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if self.ping() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        panic!(
-            "redis-server on port {} did not answer within 10 s",
-            self.port
-        );
-    }
-
-    fn ping(&self) -> bool {
-        let Ok(client) = redis::Client::open(self.url()) else {
-            return false;
-        };
-        let Ok(mut conn) = client.get_connection_with_timeout(Duration::from_millis(200)) else {
-            return false;
-        };
-        redis::cmd("PING").query::<String>(&mut conn).is_ok()
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/0", self.port)
-    }
-
-    /// Runs one command (the test's own view of Redis).
-    fn cmd<T: redis::FromRedisValue>(&self, args: &[&str]) -> T {
-        let client = redis::Client::open(self.url()).expect("client");
-        let mut conn = client.get_connection().expect("connect to the test redis");
-        let mut cmd = redis::cmd(args[0]);
-        for a in &args[1..] {
-            cmd.arg(*a);
-        }
-        cmd.query(&mut conn)
-            .unwrap_or_else(|e| panic!("redis {args:?}: {e}"))
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        // The port is closed once the process is gone.
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline
-            && TcpStream::connect((Ipv4Addr::LOCALHOST, self.port)).is_ok()
-        {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
 
 // ---------------------------------------------------------------------------------------------
 // Helpers.
@@ -494,7 +375,7 @@ fn redis_down_is_bayes_fail_and_it_recovers_when_back() {
         late.classify(&probe, false).answer,
         Answer::Failed(_)
     ));
-    redis.launch();
+    redis.start_again();
     // Redis came back empty (no persistence): a new model, readable again.
     assert_eq!(a.refresh(), Ok(true));
     assert_eq!(a.counts(), (0, 0));
@@ -611,13 +492,11 @@ fn a_redis_restart_between_calls_is_not_an_error() {
     let a = node(&redis, 1);
     a.apply(&corpus(&a, 0, 1), Source::Cli).expect("apply");
     // The connection a holds is to the old process: the next call remakes it, once.
-    redis.stop();
-    redis.launch();
+    redis.start_again();
     assert_eq!(a.refresh(), Ok(true));
     assert_eq!(a.counts(), (0, 0));
     a.apply(&corpus(&a, 1, 1), Source::Cli).expect("apply");
-    redis.stop();
-    redis.launch();
+    redis.start_again();
     let applied = a.apply(&corpus(&a, 2, 1), Source::Cli).expect("apply");
     assert_eq!(applied.learned, 2);
 }
@@ -659,49 +538,11 @@ fn a_full_cli_batch_is_learned_within_the_wait() {
     assert_eq!(stats.tokens, 200_000);
 }
 
-// ---------------------------------------------------------------------------------------------
-// A Redis Cluster of three masters.
-// ---------------------------------------------------------------------------------------------
-
-/// Three cluster-mode servers, the slots split between them, met and `cluster_state:ok`.
-fn cluster() -> Vec<Redis> {
-    let nodes: Vec<Redis> = (0..3)
-        .map(|_| Redis::start_with(&["--cluster-enabled", "yes", "--cluster-node-timeout", "2000"]))
-        .collect();
-    let ranges = [("0", "5460"), ("5461", "10922"), ("10923", "16383")];
-    for (node, (lo, hi)) in nodes.iter().zip(ranges) {
-        let _: String = node.cmd(&["CLUSTER", "ADDSLOTSRANGE", lo, hi]);
-    }
-    for other in &nodes[1..] {
-        let port = other.port.to_string();
-        let _: String = nodes[0].cmd(&["CLUSTER", "MEET", "127.0.0.1", &port]);
-    }
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let ok = nodes.iter().all(|n| {
-            let info: String = n.cmd(&["CLUSTER", "INFO"]);
-            let slots: Vec<redis::Value> = n.cmd(&["CLUSTER", "SLOTS"]);
-            info.contains("cluster_state:ok") && slots.len() == 3
-        });
-        if ok {
-            return nodes;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the test cluster did not form within 20 s"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 #[test]
 fn the_model_lives_in_one_cluster_slot_and_nodes_share_it() {
-    let nodes = cluster();
-    let seeds: Vec<String> = nodes
-        .iter()
-        .map(Redis::url)
-        .map(|u| u.replace("/0", ""))
-        .collect();
+    let cluster = RedisCluster::start();
+    let nodes = &cluster.nodes;
+    let seeds = cluster.seeds();
     let state = StateConfig {
         url: StateUrl(seeds.clone()),
         ..StateConfig::default()

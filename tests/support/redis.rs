@@ -162,6 +162,18 @@ impl Redis {
         cli(self.port, args)
     }
 
+    /// One command through the `redis` crate, its reply typed (panics when it fails).
+    pub fn cmd<T: redis::FromRedisValue>(&self, args: &[&str]) -> T {
+        let client = redis::Client::open(self.url()).expect("client");
+        let mut conn = client.get_connection().expect("connect to the test redis");
+        let mut cmd = redis::cmd(args[0]);
+        for a in &args[1..] {
+            cmd.arg(*a);
+        }
+        cmd.query(&mut conn)
+            .unwrap_or_else(|e| panic!("redis {args:?} on :{}: {e}", self.port))
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.log_path()).unwrap_or_default()
     }
