@@ -225,19 +225,27 @@ async fn a_store_follows_redis_going_away_and_coming_back() {
     }
 
     redis.start_again();
-    let deadline = Instant::now() + Duration::from_secs(10);
+    // The restarted server is empty: a first attempt again.
+    answers_a_first_attempt(
+        &s,
+        &t,
+        Duration::from_secs(10),
+        "the same store never answered again",
+    )
+    .await;
+}
+
+/// Asks `s` about `t` until it answers (within `limit`); the answer must be a first attempt.
+async fn answers_a_first_attempt(s: &RedisStore, t: &Triplet, limit: Duration, never: &str) {
+    let deadline = Instant::now() + limit;
     loop {
-        match s
-            .greylist(std::slice::from_ref(&t), &policy(0), false)
-            .await
-        {
-            // The restarted server is empty: a first attempt again.
+        match s.greylist(std::slice::from_ref(t), &policy(0), false).await {
             Ok(g) => break assert_eq!(first(g[0]), Some(true)),
             Err(e) if Instant::now() < deadline => {
                 eprintln!("not yet: {e}");
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
-            Err(e) => panic!("the same store never answered again: {e}"),
+            Err(e) => panic!("{never}: {e}"),
         }
     }
 }
@@ -440,20 +448,13 @@ async fn a_sentinel_failover_is_followed() {
     // sentinels again within a second, so it must have moved on after that.
     tokio::time::sleep(Duration::from_millis(1200)).await;
     let t2 = triplet("192.0.2.0/24", "after-failover@a.test");
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        match s
-            .greylist(std::slice::from_ref(&t2), &policy(0), false)
-            .await
-        {
-            Ok(g) => break assert_eq!(first(g[0]), Some(true)),
-            Err(e) if Instant::now() < deadline => {
-                eprintln!("not yet: {e}");
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-            Err(e) => panic!("the store never followed the failover: {e}"),
-        }
-    }
+    answers_a_first_attempt(
+        &s,
+        &t2,
+        Duration::from_secs(15),
+        "the store never followed the failover",
+    )
+    .await;
     // The write went to the new master (the old one is a replica now, read-only).
     let role = replica.cli(&["ROLE"]);
     assert!(role.starts_with("master"), "{role}");
