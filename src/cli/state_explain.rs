@@ -9,7 +9,7 @@ use crate::config::Config;
 use crate::envelope::ClientInfo;
 use crate::filter::Filter;
 use crate::smtp::command::{MailFrom, MailParams};
-use crate::state::{Grey, State, Take};
+use crate::state::{Grey, Take};
 
 /// Attaches the configured state store to `filter` when greylisting or a rate limit is on.
 /// An embedded store that does not exist yet is not created (a scan writes nothing): then
@@ -27,8 +27,7 @@ pub fn attach(config: &Config, filter: &mut Filter) -> Result<Option<String>, St
             )));
         }
     }
-    let state = State::open(&config.state, crate::filter::state_hooks())
-        .map_err(|e| format!("[state]: {e}"))?;
+    let state = crate::filter::open_state(&config.state).map_err(|e| format!("[state]: {e}"))?;
     filter.attach_state(std::sync::Arc::new(state), config);
     Ok(None)
 }

@@ -314,8 +314,15 @@ impl Filter {
     }
 }
 
+/// Opens the configured state store with its metrics wired (what `serve` and `scan` use).
+pub fn open_state(
+    config: &crate::config::StateConfig,
+) -> Result<crate::state::State, crate::state::StateError> {
+    crate::state::State::open(config, state_hooks())
+}
+
 /// The hooks through which the state layer feeds the metrics (it sits below them).
-pub fn state_hooks() -> crate::state::Hooks {
+fn state_hooks() -> crate::state::Hooks {
     use crate::metrics::metrics;
     crate::state::Hooks {
         error: |op, kind| metrics().state_errors.with_label_values(&[op, kind]).inc(),

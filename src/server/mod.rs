@@ -183,7 +183,7 @@ fn attach_state(config: &Config, filter: Option<&mut Filter>, problems: &mut Vec
     if !Filter::needs_state(config) {
         return;
     }
-    match crate::state::State::open(&config.state, crate::filter::state_hooks()) {
+    match crate::filter::open_state(&config.state) {
         Ok(state) => {
             tracing::info!(store = %state.describe(), greylist = config.greylist.enabled, ratelimits = config.ratelimit.len(), on_error = config.state.on_error.as_str(), "state store opened");
             if let Some(f) = filter {
