@@ -44,6 +44,10 @@
 
 set -euo pipefail
 
+# find_tool, stop_pid, port_in_use, wait_port, cpu_ticks.
+# shellcheck source=benches/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
 usage() { sed -n '2,/^$/{s/^# \{0,1\}//;p}' "$0"; }
 
 # ---------------------------------------------------------------- options
@@ -85,14 +89,6 @@ done
 (( MESSAGES >= SESSIONS )) || die "MESSAGES ($MESSAGES) must be >= SESSIONS ($SESSIONS)"
 
 # ---------------------------------------------------------------- tools
-find_tool() {
-    local name=$1 d
-    if command -v "$name" >/dev/null 2>&1; then command -v "$name"; return 0; fi
-    for d in /usr/sbin /usr/lib/postfix /usr/libexec/postfix /usr/local/sbin; do
-        [[ -x $d/$name ]] && { echo "$d/$name"; return 0; }
-    done
-    return 1
-}
 missing_postfix() {
     cat >&2 <<'EOF'
 proxy-load: smtp-source / smtp-sink not found. They ship with Postfix:
@@ -127,17 +123,6 @@ WORK=$(mktemp -d "${TMPDIR:-/tmp}/mailwarden-load.XXXXXX")
 chmod 755 "$WORK"
 SINK_PID="" MW_PID="" SAMPLER_PID="" SOURCE_PID=""
 
-stop_pid() { # pid, grace seconds
-    local pid=$1 grace=${2:-5} i
-    [[ -n $pid ]] && kill -0 "$pid" 2>/dev/null || return 0
-    kill -TERM "$pid" 2>/dev/null || true
-    for (( i = 0; i < grace * 20; i++ )); do
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 0.05
-    done
-    kill -0 "$pid" 2>/dev/null && kill -KILL "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-}
 cleanup() {
     local rc=$?
     trap - EXIT INT TERM
@@ -164,16 +149,6 @@ fi
 [[ -x $BIN ]] || die "no binary at $BIN (build it, or drop --no-build, or set MAILWARDEN_BIN)"
 
 # ---------------------------------------------------------------- smtp-sink
-port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-wait_port() { # port pid seconds -> 0 when something accepts on port while pid lives
-    local port=$1 pid=$2 i
-    for (( i = 0; i < $3 * 20; i++ )); do
-        kill -0 "$pid" 2>/dev/null || return 1
-        port_in_use "$port" && return 0
-        sleep 0.05
-    done
-    return 1
-}
 
 SINK_USER=()
 (( EUID == 0 )) && SINK_USER=(-u nobody)
@@ -254,14 +229,6 @@ rss_sampler() {
 rss_sampler &
 SAMPLER_PID=$!
 
-cpu_ticks() { # utime + stime of a pid (clock ticks)
-    local stat rest
-    local -a f
-    stat=$(<"/proc/$1/stat")
-    rest=${stat##*) }          # fields from 3 on (comm may contain spaces)
-    read -r -a f <<<"$rest"
-    echo $(( f[11] + f[12] ))  # fields 14, 15
-}
 CLK_TCK=$(getconf CLK_TCK 2>/dev/null || echo 100)
 
 # ---------------------------------------------------------------- runs

@@ -57,6 +57,10 @@
 
 set -euo pipefail
 
+# find_tool, stop_pid, port_in_use, wait_port, cpu_ticks.
+# shellcheck source=benches/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
 usage() { sed -n '2,/^$/{s/^# \{0,1\}//;p}' "$0"; }
 
 # ---------------------------------------------------------------- options
@@ -114,14 +118,6 @@ done
 (( MESSAGES <= 1000000 && LATENCY <= 100000 && PROBE <= 100000 && TRIPLETS <= 10000000 )) || die "counts too large"
 
 # ---------------------------------------------------------------- tools
-find_tool() {
-    local name=$1 d
-    if command -v "$name" >/dev/null 2>&1; then command -v "$name"; return 0; fi
-    for d in /usr/sbin /usr/lib/postfix /usr/libexec/postfix /usr/local/sbin /usr/local/bin; do
-        [[ -x $d/$name ]] && { echo "$d/$name"; return 0; }
-    done
-    return 1
-}
 SMTP_SOURCE=$(find_tool smtp-source) || die "smtp-source not found (package postfix; see benches/README.md)"
 SMTP_SINK=$(find_tool smtp-sink) || die "smtp-sink not found (package postfix; see benches/README.md)"
 REDIS_SERVER=$(find_tool redis-server) || die "redis-server not found (Debian: apt-get install redis-server, no service needed)"
@@ -150,17 +146,6 @@ WORK=$(mktemp -d "${TMPDIR:-/tmp}/mailwarden-state-load.XXXXXX")
 chmod 755 "$WORK"
 REDIS_PID="" SINK_PID="" A_PID="" B_PID="" SOURCE_PID="" BENCH_PID=""
 
-stop_pid() { # pid, grace seconds
-    local pid=$1 grace=${2:-5} i
-    [[ -n $pid ]] && kill -0 "$pid" 2>/dev/null || return 0
-    kill -TERM "$pid" 2>/dev/null || true
-    for (( i = 0; i < grace * 20; i++ )); do
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 0.05
-    done
-    kill -0 "$pid" 2>/dev/null && kill -KILL "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-}
 cleanup() {
     local rc=$?
     trap - EXIT INT TERM
@@ -189,16 +174,6 @@ fi
 [[ -x $BIN ]] || die "no binary at $BIN (build it, or drop --no-build, or set MAILWARDEN_BIN)"
 
 # ---------------------------------------------------------------- ports
-port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-wait_port() { # port pid seconds -> 0 when something accepts on port while pid lives
-    local port=$1 pid=$2 i
-    for (( i = 0; i < $3 * 20; i++ )); do
-        kill -0 "$pid" 2>/dev/null || return 1
-        port_in_use "$port" && return 0
-        sleep 0.05
-    done
-    return 1
-}
 # A port nothing listens on now, not one already picked (the metrics port is bound later by
 # mailwarden; a lost race shows as a start-up failure).
 PICKED=" "
@@ -341,14 +316,6 @@ scrape() { # file: (b)'s state and greylist series
         || die "cannot read (b)'s /metrics"
 }
 
-cpu_ticks() { # utime + stime of a pid (clock ticks)
-    local stat rest
-    local -a f
-    stat=$(<"/proc/$1/stat")
-    rest=${stat##*) }
-    read -r -a f <<<"$rest"
-    echo $(( f[11] + f[12] ))
-}
 CLK_TCK=$(getconf CLK_TCK 2>/dev/null || echo 100)
 
 # ---------------------------------------------------------------- runs
