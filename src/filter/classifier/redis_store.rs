@@ -57,7 +57,7 @@ use super::store::{
 };
 use crate::config::StateTarget;
 use crate::state::StateError;
-use crate::state::redis_store::{SyncConnection, sync_connection};
+use crate::state::redis_store::{SyncConnection, describe_target as describe, sync_connection};
 
 const META: &str = "mw:{bayes}:meta";
 const GEN: &str = "mw:{bayes}:gen";
@@ -333,11 +333,6 @@ impl RedisStore {
         })
     }
 
-    /// Where the model is, without a password (`redis://127.0.0.1:6379/0`).
-    pub fn location(&self) -> &str {
-        &self.location
-    }
-
     /// Runs `f` on the connection (made when there is none). After an error of the connection
     /// (Redis restarted, network) it is dropped and, if it was an old one, `f` runs once more
     /// on a new one; a learn run twice is harmless (its digests make it "already known").
@@ -478,11 +473,6 @@ fn connection_lost(e: &RedisError) -> bool {
         || e.is_timeout()
         || e.is_unrecoverable_error()
         || e.is_cluster_error()
-}
-
-/// The target as an admin recognises it, passwords left out.
-pub fn describe(target: &StateTarget) -> String {
-    crate::state::redis_store::describe_target(target)
 }
 
 fn num(fields: &HashMap<String, String>, key: &str) -> u64 {
