@@ -30,6 +30,8 @@ pub struct Greylist {
     config: GreylistConfig,
     policy: GreyPolicy,
     trusted: Vec<ipnet::IpNet>,
+    /// `[greylist] allowlist`, lowercased, without trailing dots (normalised once).
+    allowlist: Vec<String>,
     /// For the allowlist's SPF check at RCPT (none: the allowlist applies at end of data only).
     auth: Option<Arc<Authenticator>>,
 }
@@ -58,6 +60,12 @@ impl Greylist {
                 auto_allow_after: config.auto_allow_after,
                 allow_for: config.allow_for.0,
             },
+            allowlist: config
+                .allowlist
+                .iter()
+                .map(|a| a.trim().trim_end_matches('.').to_ascii_lowercase())
+                .filter(|a| !a.is_empty())
+                .collect(),
             config: config.clone(),
             trusted,
             auth,
@@ -100,10 +108,7 @@ impl Greylist {
     /// The sender's domain is on the allowlist (itself or a parent).
     fn allowlisted_domain(&self, domain: &str) -> bool {
         let domain = domain.trim_end_matches('.').to_ascii_lowercase();
-        self.config.allowlist.iter().any(|a| {
-            let a = a.trim().trim_end_matches('.').to_ascii_lowercase();
-            !a.is_empty() && (domain == a || domain.ends_with(&format!(".{a}")))
-        })
+        self.allowlist.iter().any(|a| in_domain(&domain, a))
     }
 
     /// At RCPT: an allowlisted sender whose MAIL FROM passes SPF.
@@ -133,11 +138,7 @@ impl Greylist {
         let from = auth.dmarc_domain.to_ascii_lowercase();
         let dkim = auth.dkim.iter().any(|d| {
             let signer = d.domain.to_ascii_lowercase();
-            d.result == "pass"
-                && self.allowlisted_domain(&signer)
-                && (from == signer
-                    || from.ends_with(&format!(".{signer}"))
-                    || signer.ends_with(&format!(".{from}")))
+            d.result == "pass" && self.allowlisted_domain(&signer) && aligned(&signer, &from)
         });
         spf || dkim
     }
@@ -249,6 +250,18 @@ impl EnvelopeCheck for Greylist {
     }
 }
 
+/// `name` is `domain` or one of its subdomains (both lowercase, no trailing dot).
+fn in_domain(name: &str, domain: &str) -> bool {
+    name.strip_suffix(domain)
+        .is_some_and(|rest| rest.is_empty() || rest.ends_with('.'))
+}
+
+/// Relaxed DMARC alignment (RFC 7489 §3.1.1): the same organisational domain.
+fn aligned(signer: &str, from: &str) -> bool {
+    let org = |d: &str| psl::domain_str(d).unwrap_or(d).to_string();
+    !from.is_empty() && org(signer) == org(from)
+}
+
 /// The sender as greylisting compares it: lowercased, the original address of an SRS
 /// rewrite, without BATV (`prvs=`) tags, `+extensions` or the per-message numbers of VERP
 /// bounce addresses (`bounce-12345-67@…` → `bounce-#-#@…`), so each retry of a newsletter
@@ -314,6 +327,16 @@ fn strip_batv(local: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn allowlist_domains_match_subdomains_and_dkim_aligns_by_organisation() {
+        assert!(in_domain("mail.google.com", "google.com"));
+        assert!(in_domain("google.com", "google.com"));
+        assert!(!in_domain("notgoogle.com", "google.com"));
+        assert!(aligned("bounce.example.co.uk", "news.example.co.uk"));
+        assert!(!aligned("example.co.uk", "other.co.uk"));
+        assert!(!aligned("example.org", ""));
+    }
 
     #[test]
     fn senders_normalise_across_verp_srs_and_batv() {
